@@ -1,0 +1,23 @@
+"""mmoe: a multimodal Mixture-of-Experts applications suite on one shared MoE backbone."""
+
+from mmoe.backbone import MIXERS, MultimodalMoEBackbone, register_mixer
+from mmoe.experts import DenseFFN, Experts
+from mmoe.moe_layer import MoELayer
+from mmoe.routers import ROUTERS, register_router
+from mmoe.stats import MoEOutputs, RoutingStats, collect_moe
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MIXERS",
+    "ROUTERS",
+    "DenseFFN",
+    "Experts",
+    "MoELayer",
+    "MoEOutputs",
+    "MultimodalMoEBackbone",
+    "RoutingStats",
+    "collect_moe",
+    "register_mixer",
+    "register_router",
+]

@@ -1,0 +1,1 @@
+"""LightningCLI YAML configs, one folder per task, shipped in the wheel."""

@@ -1,0 +1,1 @@
+"""Lightning datamodules, one per task. No datamodule has landed yet."""

@@ -1,0 +1,177 @@
+"""The multimodal MoE backbone: pre-norm blocks of [token mixer -> MoE (or dense) FFN]."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmoe.experts import DenseFFN
+from mmoe.moe_layer import CAPACITY_MODES, MoELayer
+from mmoe.validation import check_choice, check_positive_int, check_tensor
+
+MIXERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_mixer(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: a token mixer built as ``cls(dim=..., num_heads=...)``, called on ``[B, N, dim]``."""
+
+    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        MIXERS[name] = cls
+        return cls
+
+    return wrap
+
+
+@register_mixer("attention")
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over all tokens of all modalities."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"num_heads: expected a divisor of dim={dim}, got {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v) if N else q
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+@register_mixer("identity")
+class NoMixer(nn.Module):
+    """No token mixing (per-token MLP stacks)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def sinusoidal_positions(n: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """Standard sin/cos positions ``[n, dim]`` (works for any sequence length)."""
+    pos = torch.arange(n, device=device, dtype=torch.float32).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    out = torch.zeros(n, dim, device=device)
+    out[:, 0::2] = torch.sin(pos * freq)
+    out[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return out
+
+
+class MoEBlock(nn.Module):
+    """``x + mixer(norm(x))`` then ``x + ffn(norm(x), modality)``."""
+
+    def __init__(self, dim: int, num_heads: int, mixer: str, ffn: nn.Module) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.mixer = MIXERS[mixer](dim=dim, num_heads=num_heads)
+        self.ffn = ffn
+
+    def forward(self, x: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        x = x + self.mixer(self.norm1(x))
+        h = self.norm2(x)
+        return x + (self.ffn(h, modality) if isinstance(self.ffn, MoELayer) else self.ffn(h))
+
+
+class MultimodalMoEBackbone(nn.Module):
+    """Shared backbone over per-modality token tensors.
+
+    ``forward({name: [B, N_m, dim]}, positions=None)`` concatenates the modalities given (any
+    subset of ``modalities``), adds a learned modality embedding and positions (sinusoidal
+    over each modality's token index, or the task's own ``positions[name]`` broadcastable to
+    ``[B, N_m, dim]``), runs ``depth`` blocks with modality ids passed to the MoE layers, and
+    returns the tokens split back per modality.
+
+    ``moe_blocks`` lists the block indices that use a :class:`MoELayer` (None: all); the
+    others use a dense FFN of hidden width ``top_k * hidden_dim`` (the active width of an MoE
+    block).
+    """
+
+    def __init__(
+        self,
+        modalities: list[str],
+        dim: int = 256,
+        depth: int = 4,
+        num_heads: int = 4,
+        hidden_dim: int = 512,
+        num_experts: int = 8,
+        top_k: int = 2,
+        router: str = "softmax",
+        capacity_factor: float | None = None,
+        capacity_mode: str = "macs",
+        num_shared_experts: int = 0,
+        moe_blocks: list[int] | None = None,
+        mixer: str = "attention",
+        activation: str = "swiglu",
+        backend: str = "auto",
+        load_balance_weight: float = 1e-2,
+        z_loss_weight: float = 1e-3,
+        soft_slots: int = 1,
+        positions: bool = True,
+    ) -> None:
+        super().__init__()
+        if not modalities or len(set(modalities)) != len(modalities):
+            raise ValueError(f"modalities: expected a non-empty list of distinct names, got {modalities!r}")
+        check_positive_int("depth", depth)
+        check_choice("mixer", mixer, tuple(MIXERS))
+        check_choice("capacity_mode", capacity_mode, CAPACITY_MODES)
+        moe_set = set(range(depth)) if moe_blocks is None else set(moe_blocks)
+        if not moe_set <= set(range(depth)):
+            raise ValueError(f"moe_blocks: expected indices in [0, {depth}), got {moe_blocks!r}")
+        self.modalities, self.dim, self.use_positions = list(modalities), dim, positions
+        self.modality_embed = nn.Parameter(torch.zeros(len(modalities), dim))
+        nn.init.normal_(self.modality_embed, std=0.02)
+        blocks = []
+        for i in range(depth):
+            if i in moe_set:
+                ffn: nn.Module = MoELayer(
+                    dim, hidden_dim, num_experts, top_k, router=router, capacity_factor=capacity_factor,
+                    capacity_mode=capacity_mode, num_modalities=len(modalities),
+                    num_shared_experts=num_shared_experts, activation=activation, backend=backend,
+                    load_balance_weight=load_balance_weight, z_loss_weight=z_loss_weight,
+                    soft_slots=soft_slots, validate_inputs=False,
+                )
+            else:
+                ffn = DenseFFN(dim, top_k * hidden_dim, activation)
+            blocks.append(MoEBlock(dim, num_heads, mixer, ffn))
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(
+        self, tokens: dict[str, torch.Tensor], positions: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        if not isinstance(tokens, dict) or not tokens:
+            raise TypeError(f"tokens: expected a non-empty dict of modality name -> tensor, got {type(tokens).__name__}")
+        names = list(tokens)
+        unknown = [n for n in names if n not in self.modalities]
+        if unknown:
+            raise ValueError(f"tokens: unknown modalities {unknown}, expected names from {self.modalities}")
+        B = None
+        parts, ids = [], []
+        for name in names:
+            t = check_tensor(f"tokens[{name!r}]", tokens[name], last_dim=self.dim, min_ndim=3)
+            if t.ndim != 3 or (B is not None and t.shape[0] != B):
+                raise ValueError(f"tokens[{name!r}]: expected [B, N, {self.dim}] with B={B}, got {tuple(t.shape)}")
+            B = t.shape[0]
+            m = self.modalities.index(name)
+            t = t + self.modality_embed[m].to(t.dtype)
+            if positions is not None and name in positions:
+                t = t + positions[name].to(t.dtype)
+            elif self.use_positions:
+                t = t + sinusoidal_positions(t.shape[1], self.dim, t.device).to(t.dtype)
+            parts.append(t)
+            ids.append(torch.full(t.shape[:2], m, dtype=torch.long, device=t.device))
+        x, modality = torch.cat(parts, dim=1), torch.cat(ids, dim=1)
+        for block in self.blocks:
+            x = block(x, modality)
+        x = self.norm(x)
+        sizes = [tokens[n].shape[1] for n in names]
+        return dict(zip(names, x.split(sizes, dim=1)))

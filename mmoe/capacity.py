@@ -1,0 +1,76 @@
+"""Expert capacity and modality-aware capacity scaling (MACS).
+
+Both produce a *priority* per pair; :func:`mmoe.kernels.reference.dispatch_metadata` keeps,
+in each expert, the ``C`` pairs of highest priority and drops the rest.
+
+Static capacity (the baseline): priority is the pair's gate weight, so the least confident
+assignments overflow first, whatever their modality.
+
+MACS: with modality ids, the capacity of each expert is shared among modalities by
+weighted fair queueing over the live mix at that expert:
+
+* token value ``v_t = 1 + (1 - H(p_t) / log E)`` in ``[1, 2]``, where ``p_t`` is the token's
+  routing distribution: confident tokens weigh up to twice as much as undecided ones;
+* weighted load of modality ``m`` at expert ``e``: ``W[e, m] = sum of v_t`` over the pairs of
+  modality ``m`` routed to ``e`` (the entropy-weighted load);
+* inside each (expert, modality) group, pairs are ranked by pair value ``u = v_t * gate``,
+  best first (rank ``r = 0, 1, ...``), and get the admission key ``(r + 1) / W[e, m]``;
+* the expert admits the ``C`` pairs with the smallest keys (priority = ``-key``).
+
+So while every modality still has demand, modality ``m`` receives about
+``C * W[e, m] / sum_m' W[e, m']`` slots at expert ``e``, and capacity a modality does not use
+flows to the others. Because ``v_t`` lies in ``[1, 2]``, a modality's share is at least half
+its share of the demand: its kept fraction at an expert is at least half of the expert's
+overall kept fraction ``C / D_e`` (up to one slot of rounding). The lowest-value pairs of each
+modality are dropped first.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def expert_capacity(capacity_factor: float | None, top_k: int, num_tokens: int, num_experts: int) -> int | None:
+    """``C = ceil(cf * k * T / E)``; ``None`` (dropless) when ``capacity_factor`` is None."""
+    if capacity_factor is None:
+        return None
+    return math.ceil(capacity_factor * top_k * num_tokens / num_experts)
+
+
+def token_value(token_probs: torch.Tensor) -> torch.Tensor:
+    """``1 + (1 - H(p) / log E)`` per row of ``token_probs [T, E]``; 2 when E == 1."""
+    E = token_probs.shape[-1]
+    if E == 1:
+        return torch.full(token_probs.shape[:-1], 2.0, device=token_probs.device)
+    p = token_probs.float().clamp_min(1e-12)
+    entropy = -(p * p.log()).sum(-1)
+    return 2.0 - entropy / math.log(E)
+
+
+def macs_priority(
+    pair_token: torch.Tensor,
+    pair_expert: torch.Tensor,
+    pair_weight: torch.Tensor,
+    modality: torch.Tensor,
+    token_probs: torch.Tensor,
+    num_experts: int,
+    num_modalities: int,
+) -> torch.Tensor:
+    """Priority per pair implementing MACS (see the module docstring). All on device."""
+    E, M = num_experts, num_modalities
+    P = pair_expert.numel()
+    v = token_value(token_probs)[pair_token]  # [P]
+    u = v * pair_weight.detach().float()
+    group = pair_expert.long() * M + modality[pair_token].long()  # expert E (pruned) -> own groups
+    load = torch.zeros((E + 1) * M, device=v.device).index_add_(0, group, v)
+    by_value = torch.sort(u, descending=True, stable=True).indices
+    order = by_value[torch.sort(group[by_value], stable=True).indices]
+    counts = torch.zeros((E + 1) * M, dtype=torch.long, device=v.device)
+    counts.index_add_(0, group, torch.ones_like(group))
+    starts = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
+    rank_sorted = torch.arange(P, device=v.device) - starts[group[order]]
+    rank = torch.empty_like(rank_sorted).scatter_(0, order, rank_sorted)
+    key = (rank.float() + 1.0) / load[group].clamp_min(1e-12)
+    return -key

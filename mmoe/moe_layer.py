@@ -1,0 +1,245 @@
+"""The Mixture-of-Experts layer: router -> dispatch (sort by expert, capacity) -> experts -> combine."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mmoe.capacity import expert_capacity, macs_priority
+from mmoe.experts import ACTIVATIONS, Experts
+from mmoe.kernels import BACKENDS, backend_ops
+from mmoe.kernels.reference import expert_counts
+from mmoe.routers import ROUTERS, Routing, build_router
+from mmoe.stats import RoutingStats
+from mmoe.validation import check_choice, check_ids, check_positive_int, check_tensor
+
+CAPACITY_MODES = ("macs", "static")
+
+
+class MoELayer(nn.Module):
+    """Sparse Mixture-of-Experts feed-forward layer; ``forward(x [..., dim], modality=None)``.
+
+    Args:
+        dim: token width. hidden_dim: expert hidden width. num_experts: E. top_k: k.
+        router: a name from :data:`mmoe.routers.ROUTERS` (softmax, sigmoid, expert_choice,
+            soft, sample, beam).
+        capacity_factor: ``None`` is dropless; else each expert takes at most
+            ``C = ceil(cf * k * T / E)`` pairs, overflow is dropped (zero from that expert,
+            the residual carries the token) and counted in ``stats``.
+        capacity_mode: ``"macs"`` shares capacity among modalities when ``modality`` is given
+            (see :mod:`mmoe.capacity`); ``"static"`` drops the lowest gate weights regardless.
+        num_modalities: number of modality ids accepted in ``forward``.
+        num_shared_experts: experts applied to every token, beside the routed ones.
+        activation: ``"swiglu"`` or ``"gelu"``. backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+        load_balance_weight, z_loss_weight: weights of the Switch load-balancing loss and of the
+            router z-loss in ``aux_loss``.
+        renormalize: divide the k gate weights by their sum (router default when None).
+        bias_rate: step of the sigmoid router's aux-loss-free bias. sparsity_weight: BEAM's mask
+            sparsity loss weight. soft_slots: slots per expert of the soft router.
+        dead_window: an expert with no token in this many consecutive training forwards is dead.
+        validate_inputs: check x for NaN/inf and modality ids for range (costs a host sync).
+
+    After a forward, ``aux_loss`` holds the weighted sum of the auxiliary losses and ``stats`` a
+    :class:`mmoe.stats.RoutingStats`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        num_experts: int,
+        top_k: int = 2,
+        router: str = "softmax",
+        capacity_factor: float | None = None,
+        capacity_mode: str = "macs",
+        num_modalities: int = 1,
+        num_shared_experts: int = 0,
+        activation: str = "swiglu",
+        backend: str = "auto",
+        load_balance_weight: float = 1e-2,
+        z_loss_weight: float = 1e-3,
+        renormalize: bool | None = None,
+        bias_rate: float = 1e-3,
+        sparsity_weight: float = 1e-2,
+        soft_slots: int = 1,
+        dead_window: int = 100,
+        validate_inputs: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (("dim", dim), ("hidden_dim", hidden_dim), ("num_experts", num_experts),
+                            ("top_k", top_k), ("num_modalities", num_modalities),
+                            ("soft_slots", soft_slots), ("dead_window", dead_window)):
+            check_positive_int(name, value)
+        check_positive_int("num_shared_experts", num_shared_experts, minimum=0)
+        if top_k > num_experts:
+            raise ValueError(f"top_k: expected at most num_experts={num_experts}, got {top_k}")
+        if capacity_factor is not None and not (isinstance(capacity_factor, (int, float)) and capacity_factor > 0):
+            raise ValueError(f"capacity_factor: expected None or a number > 0, got {capacity_factor!r}")
+        check_choice("router", router, tuple(ROUTERS))
+        check_choice("capacity_mode", capacity_mode, CAPACITY_MODES)
+        check_choice("activation", activation, ACTIVATIONS)
+        check_choice("backend", backend, BACKENDS)
+        self.dim, self.hidden_dim, self.num_experts, self.top_k = dim, hidden_dim, num_experts, top_k
+        self.capacity_factor, self.capacity_mode, self.num_modalities = capacity_factor, capacity_mode, num_modalities
+        self.activation, self.backend = activation, backend
+        self.load_balance_weight, self.z_loss_weight = load_balance_weight, z_loss_weight
+        self.dead_window, self.validate_inputs = dead_window, validate_inputs
+        self.router = build_router(router, dim, num_experts, top_k, renormalize, bias_rate, sparsity_weight, soft_slots)
+        self.experts = Experts(num_experts, dim, hidden_dim, activation)
+        self.shared_experts = Experts(num_shared_experts, dim, hidden_dim, activation) if num_shared_experts else None
+        self.register_buffer("idle_steps", torch.zeros(num_experts, dtype=torch.long), persistent=False)
+        self.aux_loss: torch.Tensor | None = None
+        self.stats: RoutingStats | None = None
+        self.last_sample_logits: torch.Tensor | None = None
+
+    @property
+    def router_kind(self) -> str:
+        return self.router.kind
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, hidden_dim={self.hidden_dim}, num_experts={self.num_experts}, "
+                f"top_k={self.top_k}, router={self.router_kind}, capacity_factor={self.capacity_factor}, "
+                f"capacity_mode={self.capacity_mode}, backend={self.backend}")
+
+    def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> torch.Tensor:
+        if self.validate_inputs:
+            check_tensor("x", x, last_dim=self.dim)
+            if modality is not None:
+                check_ids("modality", modality, shape=tuple(x.shape[:-1]), num=self.num_modalities)
+        elif x.shape[-1] != self.dim or (modality is not None and modality.shape != x.shape[:-1]):
+            raise ValueError(f"x/modality: expected [..., {self.dim}] and x.shape[:-1], got "
+                             f"{tuple(x.shape)} and {None if modality is None else tuple(modality.shape)}")
+        shape = x.shape
+        xt = x.reshape(-1, self.dim)
+        num_samples = math.prod(shape[:-2]) if x.ndim >= 3 else 1
+        mod = modality.reshape(-1).long() if modality is not None else None
+        if self.router_kind == "soft":
+            y = self._soft_forward(x.reshape(num_samples, -1, self.dim), mod).reshape(-1, self.dim)
+        else:
+            y = self._sparse_forward(xt, num_samples, mod)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts.dense(xt)
+        return y.reshape(shape).to(x.dtype)
+
+    def _sparse_forward(self, xt: torch.Tensor, num_samples: int, mod: torch.Tensor | None) -> torch.Tensor:
+        T, E = xt.shape[0], self.num_experts
+        ops = backend_ops(self.backend, xt.device)
+        expert_choice = self.router_kind == "expert_choice"
+        capacity = expert_capacity(self.capacity_factor if not expert_choice else (self.capacity_factor or 1.0),
+                                   self.top_k, T, E)
+        sample = torch.arange(num_samples, device=xt.device).repeat_interleave(T // max(num_samples, 1))
+        r = self.router(xt, sample, num_samples, ops, capacity)
+        dispatch_capacity = None if expert_choice else capacity
+        priority = r.priority
+        if dispatch_capacity is not None and mod is not None and self.capacity_mode == "macs":
+            priority = macs_priority(r.pair_token, r.pair_expert, r.pair_weight, mod, r.token_probs,
+                                     E, self.num_modalities)
+        d = ops.dispatch_metadata(r.pair_expert, priority, E, dispatch_capacity)
+        y = ops.expert_mlp(
+            xt,
+            self.experts.w_in.to(xt.dtype),
+            self.experts.w_out.to(xt.dtype),
+            r.pair_token[d.sorted_pair],
+            r.pair_weight[d.sorted_pair].to(xt.dtype),
+            d.expert_offsets,
+            self.activation,
+        )
+        self.last_sample_logits = r.logits if self.router_kind == "sample" else None
+        self.aux_loss = self._aux_loss(r)
+        with torch.no_grad():
+            self.stats = self._sparse_stats(r, d.keep, d.expert_offsets, T, mod, capacity, expert_choice)
+        return y
+
+    def _aux_loss(self, r: Routing) -> torch.Tensor:
+        loss = r.logits.new_zeros(())
+        if r.logits.shape[0] == 0:
+            return loss if r.extra_loss is None else loss + r.extra_loss
+        if r.load_fraction is not None and self.load_balance_weight:
+            loss = loss + self.load_balance_weight * self.num_experts * (r.load_fraction * r.probs.mean(0)).sum()
+        if self.z_loss_weight:
+            loss = loss + self.z_loss_weight * torch.logsumexp(r.logits, dim=-1).pow(2).mean()
+        if r.extra_loss is not None:
+            loss = loss + r.extra_loss
+        return loss
+
+    def _modality_ids(self, T: int, mod: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        return mod if mod is not None else torch.zeros(T, dtype=torch.long, device=device)
+
+    def _sparse_stats(self, r: Routing, keep: torch.Tensor, offsets: torch.Tensor, T: int,
+                      mod: torch.Tensor | None, capacity: int | None, expert_choice: bool) -> RoutingStats:
+        E, M = self.num_experts, self.num_modalities
+        mod = self._modality_ids(T, mod, r.pair_token.device)
+        kept_expert = torch.where(keep, r.pair_expert, E)
+        pair_mod = mod[r.pair_token]
+        per_mod = torch.zeros(M * (E + 1), dtype=torch.long, device=mod.device)
+        per_mod.index_add_(0, pair_mod * (E + 1) + kept_expert, torch.ones_like(kept_expert))
+        tokens_per_modality = torch.zeros(M, dtype=torch.long, device=mod.device).index_add_(0, mod, torch.ones_like(mod))
+        if expert_choice:  # a token no expert took is the drop of expert choice
+            covered = torch.zeros(T, dtype=torch.long, device=mod.device).index_add_(
+                0, r.pair_token, torch.ones_like(r.pair_token))
+            dropped_tok = (covered == 0).long()
+        else:
+            dropped_pair = ((r.pair_expert < E) & ~keep).long()
+            dropped_tok = torch.zeros(T, dtype=torch.long, device=mod.device).index_add_(0, r.pair_token, dropped_pair)
+        dropped = torch.zeros(M, dtype=torch.long, device=mod.device).index_add_(0, mod, dropped_tok)
+        kept = offsets.diff()
+        return RoutingStats(
+            tokens_per_expert=kept,
+            routed_per_expert=expert_counts(r.pair_expert, E),
+            tokens_per_expert_per_modality=per_mod.view(M, E + 1)[:, :E],
+            dropped_per_modality=dropped,
+            tokens_per_modality=tokens_per_modality,
+            router_entropy=_entropy(r.token_probs),
+            dead_experts=self._dead_experts(kept),
+            capacity=capacity,
+            extra=dict(r.extra_stats),
+        )
+
+    def _dead_experts(self, load: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.idle_steps.copy_(torch.where(load > 0, 0, self.idle_steps + 1))
+        return (self.idle_steps >= self.dead_window).sum()
+
+    def _soft_forward(self, x: torch.Tensor, mod: torch.Tensor | None) -> torch.Tensor:
+        """Soft MoE on ``x [B, N, dim]``: slots mix tokens, tokens mix slot outputs."""
+        B, N, _ = x.shape
+        E, S = self.num_experts, self.router.slots
+        logits = self.router.logits(x)  # [B, N, E*S]
+        dispatch = torch.softmax(logits, dim=1)
+        combine = torch.softmax(logits, dim=-1)
+        slot_in = torch.einsum("bns,bnd->bsd", dispatch.to(x.dtype), x).view(B, E, S, self.dim)
+        slot_out = self.experts.slots(slot_in).reshape(B, E * S, self.dim)
+        y = torch.einsum("bns,bsd->bnd", combine.to(x.dtype), slot_out)
+        self.last_sample_logits = None
+        flat_logits = logits.reshape(-1, E * S)
+        loss = logits.new_zeros(())
+        if flat_logits.shape[0] and self.z_loss_weight:
+            loss = self.z_loss_weight * torch.logsumexp(flat_logits, dim=-1).pow(2).mean()
+        self.aux_loss = loss
+        with torch.no_grad():
+            T = B * N
+            mod_ids = self._modality_ids(T, mod, x.device)
+            expert_mass = combine.reshape(T, E, S).sum(-1)  # [T, E], rows sum to 1
+            per_mod = torch.zeros(self.num_modalities, E, device=x.device).index_add_(0, mod_ids, expert_mass)
+            load = expert_mass.sum(0)
+            self.stats = RoutingStats(
+                tokens_per_expert=load,
+                routed_per_expert=load,
+                tokens_per_expert_per_modality=per_mod,
+                dropped_per_modality=torch.zeros(self.num_modalities, dtype=torch.long, device=x.device),
+                tokens_per_modality=torch.zeros(self.num_modalities, dtype=torch.long, device=x.device).index_add_(
+                    0, mod_ids, torch.ones_like(mod_ids)),
+                router_entropy=_entropy(expert_mass),
+                dead_experts=self._dead_experts(load),
+                capacity=None,
+            )
+        return y
+
+
+def _entropy(probs: torch.Tensor) -> torch.Tensor:
+    if probs.shape[0] == 0:
+        return probs.new_zeros(())
+    p = probs.float().clamp_min(1e-12)
+    return -(p * p.log()).sum(-1).mean()

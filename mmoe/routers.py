@@ -1,0 +1,257 @@
+"""Routers: turn tokens into (token, expert, weight) pairs.
+
+Every router owns ``weight [E, dim]`` (the checkpoint layout; the soft router has
+``[E * slots, dim]``) and returns a :class:`Routing`. Routers are selected by name through
+:data:`ROUTERS` (``register_router`` adds one). The soft router is not pair-based: it mixes
+tokens into slots, and :class:`mmoe.MoELayer` runs it on its own path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROUTERS: dict[str, type["Router"]] = {}
+
+
+def register_router(name: str) -> Callable[[type["Router"]], type["Router"]]:
+    """Class decorator that makes a router selectable by ``name``."""
+
+    def wrap(cls: type[Router]) -> type[Router]:
+        ROUTERS[name] = cls
+        cls.kind = name
+        return cls
+
+    return wrap
+
+
+@dataclass
+class Routing:
+    """Pairs chosen by a router, all ``[P]``, plus what the losses and stats need.
+
+    ``pair_expert == E`` marks a pair that is not computed (pruned). ``probs`` are the
+    per-token (or per-sample) routing distributions over experts, rows summing to one.
+    """
+
+    pair_token: torch.Tensor
+    pair_expert: torch.Tensor
+    pair_weight: torch.Tensor
+    priority: torch.Tensor
+    logits: torch.Tensor  # [T or B, E], fp32
+    probs: torch.Tensor  # [T or B, E], fp32
+    load_fraction: torch.Tensor | None  # [E] fraction of assignments per expert, for the Switch loss
+    token_probs: torch.Tensor  # [T, E] routing distribution seen by each token, for entropy / MACS
+    extra_loss: torch.Tensor | None = None
+    extra_stats: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Router(nn.Module):
+    """Base router: a linear map from tokens to expert logits, computed in fp32."""
+
+    kind = "base"
+
+    def __init__(self, dim: int, num_experts: int, top_k: int) -> None:
+        super().__init__()
+        self.dim, self.num_experts, self.top_k = dim, num_experts, top_k
+        self.weight = nn.Parameter(torch.empty(num_experts, dim))
+        nn.init.normal_(self.weight, std=dim**-0.5)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.float(), self.weight.float())
+
+    def forward(  # pragma: no cover - abstract
+        self, x: torch.Tensor, sample: torch.Tensor, num_samples: int, ops: ModuleType, capacity: int | None
+    ) -> Routing:
+        raise NotImplementedError
+
+    def _token_choice(self, x: torch.Tensor, ops: ModuleType, score: str, renormalize: bool, bias=None):
+        logits = self.logits(x)
+        top = ops.topk_routing(logits, self.top_k, score=score, bias=bias, renormalize=renormalize)
+        T = x.shape[0]
+        pair_token = torch.arange(T, device=x.device).repeat_interleave(self.top_k)
+        return logits, top, pair_token
+
+
+def _load_fraction(counts: torch.Tensor) -> torch.Tensor:
+    return counts.float() / counts.sum().clamp_min(1).float()
+
+
+@register_router("softmax")
+class SoftmaxRouter(Router):
+    """Softmax over experts, top-k; ``renormalize`` divides the k weights by their sum."""
+
+    def __init__(self, dim: int, num_experts: int, top_k: int, renormalize: bool = False) -> None:
+        super().__init__(dim, num_experts, top_k)
+        self.renormalize = renormalize
+
+    def forward(self, x, sample, num_samples, ops, capacity):
+        logits, top, pair_token = self._token_choice(x, ops, "softmax", self.renormalize)
+        w = top.weights.reshape(-1)
+        return Routing(pair_token, top.experts.reshape(-1), w, w.detach(), logits, top.scores,
+                       _load_fraction(top.counts), top.scores)
+
+
+@register_router("sigmoid")
+class SigmoidRouter(Router):
+    """Sigmoid scores with auxiliary-loss-free bias balancing (DeepSeek-V3 style).
+
+    Selection ranks ``sigmoid(logit) + bias``; gate weights are the unbiased sigmoid scores of
+    the chosen experts (renormalized over the k by default). In training, after each forward,
+    ``bias[e] += bias_rate * sign(mean_load - load[e])``: overloaded experts become less
+    likely to be chosen. The bias never receives gradients.
+    """
+
+    def __init__(self, dim: int, num_experts: int, top_k: int, renormalize: bool = True, bias_rate: float = 1e-3) -> None:
+        super().__init__(dim, num_experts, top_k)
+        self.renormalize, self.bias_rate = renormalize, bias_rate
+        self.register_buffer("bias", torch.zeros(num_experts))
+
+    def forward(self, x, sample, num_samples, ops, capacity):
+        logits, top, pair_token = self._token_choice(x, ops, "sigmoid", self.renormalize, bias=self.bias)
+        if self.training and self.bias_rate > 0 and x.shape[0] > 0:
+            with torch.no_grad():
+                load = top.counts.float()
+                self.bias.add_(self.bias_rate * torch.sign(load.mean() - load))
+        w = top.weights.reshape(-1)
+        probs = top.scores / top.scores.sum(-1, keepdim=True).clamp_min(1e-20)
+        return Routing(pair_token, top.experts.reshape(-1), w, w.detach(), logits, probs,
+                       _load_fraction(top.counts), probs)
+
+
+@register_router("expert_choice")
+class ExpertChoiceRouter(Router):
+    """Expert choice (Zhou et al. 2022): each expert takes its ``C`` highest-scoring tokens.
+
+    Scores are the per-token softmax over experts; ``C`` is the layer's capacity
+    (``capacity_factor`` defaults to 1, i.e. ``C = ceil(k * T / E)``), clipped to ``T``. A
+    token may get zero or several experts; tokens that get none ride the residual and are
+    counted as dropped.
+    """
+
+    def forward(self, x, sample, num_samples, ops, capacity):
+        T, E = x.shape[0], self.num_experts
+        logits = self.logits(x)
+        probs = torch.softmax(logits, dim=-1)
+        C = min(T, capacity if capacity is not None else math.ceil(self.top_k * T / E))
+        top = torch.topk(probs.t(), C, dim=-1)  # [E, C]
+        pair_token = top.indices.reshape(-1)
+        pair_expert = torch.arange(E, device=x.device).repeat_interleave(C)
+        w = top.values.reshape(-1)
+        return Routing(pair_token, pair_expert, w, w.detach(), logits, probs, None, probs)
+
+
+@register_router("sample")
+class SampleRouter(Router):
+    """One decision per sample: softmax top-k over experts from mean-pooled sample features.
+
+    Every token of a sample goes to the sample's k experts with the sample's weights. The
+    sample logits are kept on the layer (``last_sample_logits``) so a task can add a
+    supervised loss on them (PDE family, degradation type).
+    """
+
+    def __init__(self, dim: int, num_experts: int, top_k: int, renormalize: bool = True) -> None:
+        super().__init__(dim, num_experts, top_k)
+        self.renormalize = renormalize
+
+    def forward(self, x, sample, num_samples, ops, capacity):
+        T, k = x.shape[0], self.top_k
+        pooled = torch.zeros(num_samples, x.shape[1], dtype=torch.float32, device=x.device)
+        pooled.index_add_(0, sample, x.float())
+        sizes = torch.zeros(num_samples, device=x.device).index_add_(0, sample, torch.ones(T, device=x.device))
+        sizes = sizes.clamp_min(1).unsqueeze(-1)
+        logits = self.logits(pooled / sizes)
+        top = ops.topk_routing(logits, k, score="softmax", renormalize=self.renormalize)
+        pair_token = torch.arange(T, device=x.device).repeat_interleave(k)
+        pair_expert = top.experts[sample].reshape(-1)
+        w = top.weights[sample].reshape(-1)
+        return Routing(pair_token, pair_expert, w, w.detach(), logits, top.scores,
+                       _load_fraction(top.counts), top.scores[sample])
+
+
+@register_router("beam")
+class BeamRouter(Router):
+    """Softmax top-k with a learned binary mask that prunes experts out of the top-k.
+
+    A second linear map ``mask_weight [E, dim]`` gives per-(token, expert) mask logits; the
+    hard mask is ``sigmoid(mask_logit) > 0.5`` (the top-1 expert is always kept), trained
+    with a straight-through estimator: the gate weight is multiplied by
+    ``hard + soft - soft.detach()``. Pruned pairs are not computed. The sparsity loss
+    ``sparsity_weight * mean(soft)`` over the prunable slots pushes masks shut;
+    ``stats["active_experts_per_token"]`` reports the mean number of computed experts.
+    """
+
+    def __init__(self, dim: int, num_experts: int, top_k: int, renormalize: bool = False,
+                 sparsity_weight: float = 1e-2) -> None:
+        super().__init__(dim, num_experts, top_k)
+        self.renormalize, self.sparsity_weight = renormalize, sparsity_weight
+        self.mask_weight = nn.Parameter(torch.zeros(num_experts, dim))
+        self.mask_bias = nn.Parameter(torch.full((num_experts,), 2.0))  # masks start open
+
+    def forward(self, x, sample, num_samples, ops, capacity):
+        E = self.num_experts
+        logits, top, pair_token = self._token_choice(x, ops, "softmax", self.renormalize)
+        mask_logits = F.linear(x.float(), self.mask_weight.float(), self.mask_bias.float())
+        soft = torch.sigmoid(mask_logits.gather(-1, top.experts))  # [T, k]
+        hard = soft > 0.5
+        hard[:, 0] = True
+        st = hard.float() + soft - soft.detach()
+        w = (top.weights * st).reshape(-1)
+        pair_expert = torch.where(hard, top.experts, E).reshape(-1)
+        prunable = soft[:, 1:]
+        sparsity = prunable.mean() if prunable.numel() else soft.sum() * 0
+        active = hard.float().sum(-1).mean() if x.shape[0] else soft.new_zeros(())
+        return Routing(pair_token, pair_expert, w, w.detach(), logits, top.scores,
+                       _load_fraction(top.counts), top.scores,
+                       extra_loss=self.sparsity_weight * sparsity,
+                       extra_stats={"active_experts_per_token": active.detach()})
+
+
+@register_router("soft")
+class SoftRouter(Router):
+    """Soft MoE (Puigcerver et al. 2023) / token pooling: ``slots`` slots per expert.
+
+    ``weight [E * slots, dim]``. Per sample, slot inputs are softmax-over-tokens mixtures of
+    the tokens; expert outputs return to tokens through a softmax over slots. Dropless by
+    construction; run by :class:`mmoe.MoELayer` directly.
+    """
+
+    def __init__(self, dim: int, num_experts: int, top_k: int, slots: int = 1) -> None:
+        super().__init__(dim, num_experts, top_k)
+        self.slots = slots
+        self.weight = nn.Parameter(torch.empty(num_experts * slots, dim))
+        nn.init.normal_(self.weight, std=dim**-0.5)
+
+    def forward(self, x, sample, num_samples, ops, capacity):  # pragma: no cover - not pair based
+        raise RuntimeError("the soft router is run by MoELayer._soft_forward")
+
+
+def build_router(
+    name: str,
+    dim: int,
+    num_experts: int,
+    top_k: int,
+    renormalize: bool | None = None,
+    bias_rate: float = 1e-3,
+    sparsity_weight: float = 1e-2,
+    slots: int = 1,
+) -> Router:
+    """Instantiate the router registered as ``name`` with the options it understands."""
+    if name not in ROUTERS:
+        raise ValueError(f"router: expected one of {tuple(ROUTERS)}, got {name!r}")
+    cls = ROUTERS[name]
+    options: dict[str, object] = {}
+    if name in ("softmax", "sigmoid", "sample", "beam") and renormalize is not None:
+        options["renormalize"] = renormalize
+    if name == "sigmoid":
+        options["bias_rate"] = bias_rate
+    if name == "beam":
+        options["sparsity_weight"] = sparsity_weight
+    if name == "soft":
+        options["slots"] = slots
+    return cls(dim, num_experts, top_k, **options)
