@@ -1,0 +1,131 @@
+"""An independent, deliberately simple per-token reference of MoELayer, for tests only.
+
+It reads the layer's weights and recomputes the routing and the expert mix token by token
+with plain Python loops and torch ops on single rows. It shares no code with mmoe.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def act(h: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "swiglu":
+        half = h.shape[-1] // 2
+        return F.silu(h[..., :half]) * h[..., half:]
+    return F.gelu(h)
+
+
+def ffn(x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, activation: str) -> torch.Tensor:
+    return act(x @ w_in, activation) @ w_out
+
+
+def token_pairs(layer, xt: torch.Tensor, num_samples: int) -> list[tuple[int, int, torch.Tensor, float]]:
+    """(token, expert, weight, priority) for every computed pair, before capacity."""
+    kind = layer.router.kind
+    W = layer.router.weight
+    E, k = layer.num_experts, layer.top_k
+    T = xt.shape[0]
+    pairs = []
+    if kind == "expert_choice":
+        cf = layer.capacity_factor or 1.0
+        C = min(T, math.ceil(cf * k * T / E))
+        probs = torch.stack([torch.softmax(W @ xt[t], 0) for t in range(T)]) if T else torch.zeros(0, E)
+        for e in range(E):
+            col = probs[:, e]
+            order = sorted(range(T), key=lambda t: -float(col[t]))[:C]
+            pairs += [(t, e, probs[t, e], float(probs[t, e])) for t in order]
+        return pairs
+    if kind == "sample":
+        per = T // num_samples if num_samples else 0
+        for s in range(num_samples):
+            rows = xt[s * per:(s + 1) * per]
+            pooled = rows.mean(0) if per else torch.zeros(xt.shape[1])
+            p = torch.softmax(W @ pooled, 0)
+            top = sorted(range(E), key=lambda e: -float(p[e]))[:k]
+            w = p[top]
+            if layer.router.renormalize:
+                w = w / w.sum()
+            for t in range(s * per, (s + 1) * per):
+                pairs += [(t, e, w[j], float(w[j])) for j, e in enumerate(top)]
+        return pairs
+    for t in range(T):
+        logit = W @ xt[t]
+        if kind == "sigmoid":
+            s = torch.sigmoid(logit)
+            select = s + layer.router.bias
+        else:
+            s = torch.softmax(logit, 0)
+            select = s
+        top = sorted(range(E), key=lambda e: -float(select[e]))[:k]
+        w = s[top]
+        if getattr(layer.router, "renormalize", False):
+            w = w / w.sum()
+        if kind == "beam":
+            m = torch.sigmoid(layer.router.mask_weight @ xt[t] + layer.router.mask_bias)
+            for j, e in enumerate(top):
+                if j == 0 or float(m[e]) > 0.5:
+                    # straight-through: value of the hard mask (1), gradient of the soft one
+                    pairs.append((t, e, w[j] * (1 + m[e] - m[e].detach()), float(w[j])))
+            continue
+        pairs += [(t, e, w[j], float(w[j])) for j, e in enumerate(top)]
+    return pairs
+
+
+def apply_capacity(pairs, num_experts: int, capacity: int | None):
+    """Keep, per expert, the ``capacity`` pairs of highest priority (ties: earlier pair first)."""
+    if capacity is None:
+        return pairs, 0
+    kept, dropped = [], 0
+    for e in range(num_experts):
+        mine = [(i, p) for i, p in enumerate(pairs) if p[1] == e]
+        mine.sort(key=lambda ip: (-ip[1][3], ip[0]))
+        kept += [p for _, p in mine[:capacity]]
+        dropped += max(0, len(mine) - capacity)
+    return kept, dropped
+
+
+def naive_forward(layer, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Output of ``layer(x)`` (no modality; static capacity) and the number of dropped pairs."""
+    shape = x.shape
+    xt = x.reshape(-1, shape[-1])
+    T, E = xt.shape[0], layer.num_experts
+    num_samples = math.prod(shape[:-2]) if x.ndim >= 3 else 1
+    w_in, w_out, a = layer.experts.w_in, layer.experts.w_out, layer.activation
+    if layer.router.kind == "soft":
+        y = soft_forward(layer, x.reshape(num_samples, -1, shape[-1])).reshape(-1, shape[-1])
+        dropped = 0
+    else:
+        cap = None
+        if layer.capacity_factor is not None and layer.router.kind != "expert_choice":
+            cap = math.ceil(layer.capacity_factor * layer.top_k * T / E)
+        pairs, dropped = apply_capacity(token_pairs(layer, xt, num_samples), E, cap)
+        rows = [torch.zeros(shape[-1]) for _ in range(T)]
+        for t, e, w, _ in pairs:
+            rows[t] = rows[t] + w * ffn(xt[t], w_in[e], w_out[e], a)
+        y = torch.stack(rows) if T else xt * 0
+    if layer.shared_experts is not None:
+        sh = layer.shared_experts
+        y = y + sum(ffn(xt, sh.w_in[s], sh.w_out[s], a) for s in range(sh.num_experts))
+    return y.reshape(shape), dropped
+
+
+def soft_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    B, N, D = x.shape
+    E, S = layer.num_experts, layer.router.slots
+    W = layer.router.weight
+    w_in, w_out, a = layer.experts.w_in, layer.experts.w_out, layer.activation
+    outs = []
+    for b in range(B):
+        logits = x[b] @ W.t()  # [N, E*S]
+        slot_out = []
+        for s in range(E * S):
+            d = torch.softmax(logits[:, s], 0)
+            slot_in = (d.unsqueeze(1) * x[b]).sum(0)
+            slot_out.append(ffn(slot_in, w_in[s // S], w_out[s // S], a))
+        slot_out = torch.stack(slot_out)
+        outs.append(torch.stack([torch.softmax(logits[n], 0) @ slot_out for n in range(N)]) if N else x[b] * 0)
+    return torch.stack(outs)
