@@ -37,7 +37,8 @@ class MoELayer(nn.Module):
             router z-loss in ``aux_loss``.
         renormalize: divide the k gate weights by their sum (router default when None).
         bias_rate: step of the sigmoid router's aux-loss-free bias. sparsity_weight: BEAM's mask
-            sparsity loss weight. soft_slots: slots per expert of the soft router.
+            sparsity loss weight. soft_slots: slots per expert of the soft router. groups: expert
+            groups of the nested router (the last expert of each group is its shared expert).
         dead_window: an expert with no token in this many consecutive training forwards is dead.
         validate_inputs: check x for NaN/inf and modality ids for range (costs a host sync).
 
@@ -64,13 +65,14 @@ class MoELayer(nn.Module):
         bias_rate: float = 1e-3,
         sparsity_weight: float = 1e-2,
         soft_slots: int = 1,
+        groups: int = 2,
         dead_window: int = 100,
         validate_inputs: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("dim", dim), ("hidden_dim", hidden_dim), ("num_experts", num_experts),
                             ("top_k", top_k), ("num_modalities", num_modalities),
-                            ("soft_slots", soft_slots), ("dead_window", dead_window)):
+                            ("soft_slots", soft_slots), ("groups", groups), ("dead_window", dead_window)):
             check_positive_int(name, value)
         check_positive_int("num_shared_experts", num_shared_experts, minimum=0)
         if top_k > num_experts:
@@ -86,13 +88,31 @@ class MoELayer(nn.Module):
         self.activation, self.backend = activation, backend
         self.load_balance_weight, self.z_loss_weight = load_balance_weight, z_loss_weight
         self.dead_window, self.validate_inputs = dead_window, validate_inputs
-        self.router = build_router(router, dim, num_experts, top_k, renormalize, bias_rate, sparsity_weight, soft_slots)
+        self.router = build_router(router, dim, num_experts, top_k, renormalize, bias_rate, sparsity_weight,
+                                   soft_slots, groups)
         self.experts = Experts(num_experts, dim, hidden_dim, activation)
         self.shared_experts = Experts(num_shared_experts, dim, hidden_dim, activation) if num_shared_experts else None
         self.register_buffer("idle_steps", torch.zeros(num_experts, dtype=torch.long), persistent=False)
         self.aux_loss: torch.Tensor | None = None
         self.stats: RoutingStats | None = None
         self.last_sample_logits: torch.Tensor | None = None
+        # (pair_token, kept pair_expert with E for not computed, tokens per sample) of the last forward
+        self.last_assignment: tuple[torch.Tensor, torch.Tensor, int] | None = None
+
+    def class_load(self, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """Computed pairs per (class, expert) ``[num_classes, E]`` in the last forward.
+
+        ``classes [num_samples]`` gives a class id per sample of the last input (the leading
+        dims of ``x``); used for the experts x class routing maps.
+        """
+        if self.last_assignment is None:
+            raise ValueError("class_load: no pair-based forward has run yet (soft router or none)")
+        pair_token, kept_expert, per_sample = self.last_assignment
+        E = self.num_experts
+        cls = classes.to(pair_token.device).long()[pair_token // max(per_sample, 1)]
+        out = torch.zeros(num_classes * (E + 1), device=pair_token.device)
+        out.index_add_(0, cls * (E + 1) + kept_expert, torch.ones_like(cls, dtype=out.dtype))
+        return out.view(num_classes, E + 1)[:, :E]
 
     @property
     def router_kind(self) -> str:
@@ -146,7 +166,8 @@ class MoELayer(nn.Module):
             d.expert_offsets,
             self.activation,
         )
-        self.last_sample_logits = r.logits if self.router_kind == "sample" else None
+        self.last_sample_logits = r.sample_logits
+        self.last_assignment = (r.pair_token, torch.where(d.keep, r.pair_expert, E), T // max(num_samples, 1))
         self.aux_loss = self._aux_loss(r)
         with torch.no_grad():
             self.stats = self._sparse_stats(r, d.keep, d.expert_offsets, T, mod, capacity, expert_choice)
@@ -213,6 +234,7 @@ class MoELayer(nn.Module):
         slot_out = self.experts.slots(slot_in).reshape(B, E * S, self.dim)
         y = torch.einsum("bns,bsd->bnd", combine.to(x.dtype), slot_out)
         self.last_sample_logits = None
+        self.last_assignment = None
         flat_logits = logits.reshape(-1, E * S)
         loss = logits.new_zeros(())
         if flat_logits.shape[0] and self.z_loss_weight:

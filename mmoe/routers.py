@@ -48,6 +48,7 @@ class Routing:
     load_fraction: torch.Tensor | None  # [E] fraction of assignments per expert, for the Switch loss
     token_probs: torch.Tensor  # [T, E] routing distribution seen by each token, for entropy / MACS
     extra_loss: torch.Tensor | None = None
+    sample_logits: torch.Tensor | None = None  # [B, choices] of a sample-level decision
     extra_stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -171,7 +172,7 @@ class SampleRouter(Router):
         pair_expert = top.experts[sample].reshape(-1)
         w = top.weights[sample].reshape(-1)
         return Routing(pair_token, pair_expert, w, w.detach(), logits, top.scores,
-                       _load_fraction(top.counts), top.scores[sample])
+                       _load_fraction(top.counts), top.scores[sample], sample_logits=logits)
 
 
 @register_router("beam")
@@ -212,6 +213,52 @@ class BeamRouter(Router):
                        extra_stats={"active_experts_per_token": active.detach()})
 
 
+@register_router("nested")
+class NestedRouter(Router):
+    """Nested MoE (after NESTOR): a sample-level choice of an expert group, token-level top-k inside it.
+
+    The ``E`` experts form ``groups`` equal groups; the last expert of each group is the group's
+    shared expert. Per sample, ``group_weight [G, dim]`` on mean-pooled features picks one
+    group (softmax top-1, gate ``g``); per token, ``weight [E, dim]`` logits restricted to the
+    chosen group's routed experts pick the top-k (softmax inside the group, gates ``w``). A
+    token's pairs are its k routed experts with weights ``g * w`` and the group's shared expert
+    with weight ``g``. The sample logits are kept as ``last_sample_logits`` for a supervised
+    loss (e.g. PDE family). All in one dispatch, with no host sync.
+    """
+
+    def __init__(self, dim: int, num_experts: int, top_k: int, groups: int = 2) -> None:
+        super().__init__(dim, num_experts, top_k)
+        if groups < 1 or num_experts % groups or num_experts // groups < top_k + 1:
+            raise ValueError(f"groups: expected a divisor of num_experts={num_experts} leaving >= top_k+1="
+                             f"{top_k + 1} experts per group, got {groups}")
+        self.groups = groups
+        self.group_weight = nn.Parameter(torch.empty(groups, dim))
+        nn.init.normal_(self.group_weight, std=dim**-0.5)
+
+    def forward(self, x, sample, num_samples, ops, capacity):
+        T, E, G, k = x.shape[0], self.num_experts, self.groups, self.top_k
+        per = E // G
+        pooled = torch.zeros(num_samples, x.shape[1], dtype=torch.float32, device=x.device)
+        pooled.index_add_(0, sample, x.float())
+        sizes = torch.zeros(num_samples, device=x.device).index_add_(0, sample, torch.ones(T, device=x.device))
+        group_logits = F.linear(pooled / sizes.clamp_min(1).unsqueeze(-1), self.group_weight.float())
+        group_probs = torch.softmax(group_logits, dim=-1)
+        gate, group = group_probs.max(dim=-1)  # [B]
+        tok_group, tok_gate = group[sample], gate[sample]  # [T]
+        logits = self.logits(x)
+        expert_group = torch.arange(E, device=x.device) // per
+        is_shared = torch.arange(E, device=x.device) % per == per - 1
+        allowed = (expert_group.unsqueeze(0) == tok_group.unsqueeze(1)) & ~is_shared
+        top = ops.topk_routing(logits.masked_fill(~allowed, float("-inf")), k, score="softmax")
+        shared = (tok_group * per + per - 1).unsqueeze(1)  # [T, 1]
+        experts = torch.cat([top.experts, shared], dim=1)  # [T, k+1]
+        weights = torch.cat([top.weights * tok_gate.unsqueeze(1), tok_gate.unsqueeze(1)], dim=1)
+        pair_token = torch.arange(T, device=x.device).repeat_interleave(k + 1)
+        w = weights.reshape(-1)
+        return Routing(pair_token, experts.reshape(-1), w, w.detach(), logits, top.scores,
+                       _load_fraction(top.counts), top.scores, sample_logits=group_logits)
+
+
 @register_router("soft")
 class SoftRouter(Router):
     """Soft MoE (Puigcerver et al. 2023) / token pooling: ``slots`` slots per expert.
@@ -240,6 +287,7 @@ def build_router(
     bias_rate: float = 1e-3,
     sparsity_weight: float = 1e-2,
     slots: int = 1,
+    groups: int = 2,
 ) -> Router:
     """Instantiate the router registered as ``name`` with the options it understands."""
     if name not in ROUTERS:
@@ -254,4 +302,6 @@ def build_router(
         options["sparsity_weight"] = sparsity_weight
     if name == "soft":
         options["slots"] = slots
+    if name == "nested":
+        options["groups"] = groups
     return cls(dim, num_experts, top_k, **options)

@@ -39,6 +39,23 @@ def token_pairs(layer, xt: torch.Tensor, num_samples: int) -> list[tuple[int, in
             order = sorted(range(T), key=lambda t: -float(col[t]))[:C]
             pairs += [(t, e, probs[t, e], float(probs[t, e])) for t in order]
         return pairs
+    if kind == "nested":
+        G = layer.router.groups
+        per_group = E // G
+        per = T // num_samples if num_samples else 0
+        for s in range(num_samples):
+            rows = xt[s * per:(s + 1) * per]
+            pooled = rows.mean(0) if per else torch.zeros(xt.shape[1])
+            gp = torch.softmax(layer.router.group_weight @ pooled, 0)
+            g = max(range(G), key=lambda i: float(gp[i]))
+            routed = list(range(g * per_group, (g + 1) * per_group - 1))
+            shared = (g + 1) * per_group - 1
+            for t in range(s * per, (s + 1) * per):
+                p = torch.softmax(torch.stack([W[e] @ xt[t] for e in routed]), 0)
+                order = sorted(range(len(routed)), key=lambda i: -float(p[i]))[:k]
+                pairs += [(t, routed[i], gp[g] * p[i], float(gp[g] * p[i])) for i in order]
+                pairs.append((t, shared, gp[g], float(gp[g])))
+        return pairs
     if kind == "sample":
         per = T // num_samples if num_samples else 0
         for s in range(num_samples):

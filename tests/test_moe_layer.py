@@ -10,10 +10,12 @@ import torch
 from mmoe import MoELayer
 from naive_moe import naive_forward
 
-ROUTERS = ["softmax", "sigmoid", "expert_choice", "soft", "sample", "beam"]
+ROUTERS = ["softmax", "sigmoid", "expert_choice", "soft", "sample", "beam", "nested"]
 
 
 def make_layer(router: str, E: int = 5, k: int = 2, dim: int = 12, hidden: int = 10, **kw) -> MoELayer:
+    if router == "nested":  # two groups of (k routed + 1 shared) experts at least
+        E, kw = max(E, 2 * (k + 1)) + max(E, 2 * (k + 1)) % 2, kw | {"groups": 2}
     layer = MoELayer(dim, hidden, E, k, router=router, backend="torch", **kw)
     if router == "sigmoid":  # a non-zero bias, so selection differs from plain top-k of the scores
         layer.router.bias.copy_(torch.randn(E) * 0.1)
@@ -52,7 +54,7 @@ def test_router_matches_naive(router: str, T: int) -> None:
     compare(layer, torch.randn(2, T, 12))
 
 
-@pytest.mark.parametrize("router", ["softmax", "sigmoid", "beam", "sample"])
+@pytest.mark.parametrize("router", ["softmax", "sigmoid", "beam", "sample", "nested"])
 @pytest.mark.parametrize("cf", [0.5, 1.25])
 def test_capacity_matches_naive_and_counts_drops(router: str, cf: float) -> None:
     torch.manual_seed(1)
@@ -61,7 +63,7 @@ def test_capacity_matches_naive_and_counts_drops(router: str, cf: float) -> None
     compare(layer, x)
     _, dropped = naive_forward(layer, x)
     assert int(layer.stats.dropped) == dropped
-    assert layer.stats.capacity == math.ceil(cf * 3 * 51 / 6)
+    assert layer.stats.capacity == math.ceil(cf * 3 * 51 / layer.num_experts)
     assert int(layer.stats.tokens_per_expert.max()) <= layer.stats.capacity
 
 

@@ -30,10 +30,10 @@ def forbid_host_sync():
             setattr(torch.Tensor, name, fn)
 
 
-@pytest.mark.parametrize("router", ["softmax", "sigmoid", "expert_choice", "soft", "sample", "beam"])
+@pytest.mark.parametrize("router", ["softmax", "sigmoid", "expert_choice", "soft", "sample", "beam", "nested"])
 @pytest.mark.parametrize("capacity_factor", [None, 0.8])
 def test_forward_and_backward_do_not_sync(router: str, capacity_factor: float | None) -> None:
-    layer = MoELayer(16, 16, 6, 2, router=router, capacity_factor=capacity_factor, num_modalities=2,
+    layer = MoELayer(16, 16, 6, 2, router=router, groups=2, capacity_factor=capacity_factor, num_modalities=2,
                      num_shared_experts=1, validate_inputs=False, backend="torch")
     x = torch.randn(2, 9, 16, requires_grad=True)
     modality = torch.randint(0, 2, (2, 9))

@@ -1,0 +1,3 @@
+from mmoe.cli import main
+
+main()
