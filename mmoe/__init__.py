@@ -1,6 +1,7 @@
 """mmoe: a multimodal Mixture-of-Experts applications suite on one shared MoE backbone."""
 
-from mmoe.backbone import MIXERS, MultimodalMoEBackbone, register_mixer
+from mmoe.backbone import MultimodalMoEBackbone
+from mmoe.mixers import MIXERS, register_mixer
 from mmoe.experts import DenseFFN, Experts
 from mmoe.moe_layer import MoELayer
 from mmoe.routers import ROUTERS, register_router

@@ -3,58 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mmoe.experts import DenseFFN
+from mmoe.mixers import MIXERS
 from mmoe.moe_layer import CAPACITY_MODES, MoELayer
 from mmoe.validation import check_choice, check_positive_int, check_tensor
-
-MIXERS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_mixer(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: a token mixer built as ``cls(dim=..., num_heads=...)``, called on ``[B, N, dim]``."""
-
-    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
-        MIXERS[name] = cls
-        return cls
-
-    return wrap
-
-
-@register_mixer("attention")
-class SelfAttention(nn.Module):
-    """Multi-head self-attention over all tokens of all modalities."""
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"num_heads: expected a divisor of dim={dim}, got {num_heads}")
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, D = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v) if N else q
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
-
-
-@register_mixer("identity")
-class NoMixer(nn.Module):
-    """No token mixing (per-token MLP stacks)."""
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(x)
-
 
 def sinusoidal_positions(n: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
     """Standard sin/cos positions ``[n, dim]`` (works for any sequence length)."""
@@ -69,14 +24,14 @@ def sinusoidal_positions(n: int, dim: int, device: torch.device | None = None) -
 class MoEBlock(nn.Module):
     """``x + mixer(norm(x))`` then ``x + ffn(norm(x), modality)``."""
 
-    def __init__(self, dim: int, num_heads: int, mixer: str, ffn: nn.Module) -> None:
+    def __init__(self, dim: int, num_heads: int, mixer: str, ffn: nn.Module, modes: int, spatial_dims: int) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.mixer = MIXERS[mixer](dim=dim, num_heads=num_heads)
+        self.mixer = MIXERS[mixer](dim=dim, num_heads=num_heads, modes=modes, spatial_dims=spatial_dims)
         self.ffn = ffn
 
-    def forward(self, x: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        x = x + self.mixer(self.norm1(x))
+    def forward(self, x: torch.Tensor, modality: torch.Tensor, grid: tuple[int, ...] | None = None) -> torch.Tensor:
+        x = x + self.mixer(self.norm1(x), grid)
         h = self.norm2(x)
         return x + (self.ffn(h, modality) if isinstance(self.ffn, MoELayer) else self.ffn(h))
 
@@ -84,11 +39,12 @@ class MoEBlock(nn.Module):
 class MultimodalMoEBackbone(nn.Module):
     """Shared backbone over per-modality token tensors.
 
-    ``forward({name: [B, N_m, dim]}, positions=None)`` concatenates the modalities given (any
+    ``forward({name: [B, N_m, dim]}, positions=None, grid=None)`` concatenates the modalities given (any
     subset of ``modalities``), adds a learned modality embedding and positions (sinusoidal
     over each modality's token index, or the task's own ``positions[name]`` broadcastable to
     ``[B, N_m, dim]``), runs ``depth`` blocks with modality ids passed to the MoE layers, and
-    returns the tokens split back per modality.
+    returns the tokens split back per modality. ``grid`` (the spatial token grid, e.g.
+    ``(8, 8)``) is handed to grid-aware mixers such as ``"spectral"``.
 
     ``moe_blocks`` lists the block indices that use a :class:`MoELayer` (None: all); the
     others use a dense FFN of hidden width ``top_k * hidden_dim`` (the active width of an MoE
@@ -115,6 +71,9 @@ class MultimodalMoEBackbone(nn.Module):
         load_balance_weight: float = 1e-2,
         z_loss_weight: float = 1e-3,
         soft_slots: int = 1,
+        groups: int = 2,
+        spectral_modes: int = 8,
+        spatial_dims: int = 2,
         positions: bool = True,
     ) -> None:
         super().__init__()
@@ -137,16 +96,19 @@ class MultimodalMoEBackbone(nn.Module):
                     capacity_mode=capacity_mode, num_modalities=len(modalities),
                     num_shared_experts=num_shared_experts, activation=activation, backend=backend,
                     load_balance_weight=load_balance_weight, z_loss_weight=z_loss_weight,
-                    soft_slots=soft_slots, validate_inputs=False,
+                    soft_slots=soft_slots, groups=groups, validate_inputs=False,
                 )
             else:
                 ffn = DenseFFN(dim, top_k * hidden_dim, activation)
-            blocks.append(MoEBlock(dim, num_heads, mixer, ffn))
+            blocks.append(MoEBlock(dim, num_heads, mixer, ffn, spectral_modes, spatial_dims))
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(dim)
 
     def forward(
-        self, tokens: dict[str, torch.Tensor], positions: dict[str, torch.Tensor] | None = None
+        self,
+        tokens: dict[str, torch.Tensor],
+        positions: dict[str, torch.Tensor] | None = None,
+        grid: tuple[int, ...] | None = None,
     ) -> dict[str, torch.Tensor]:
         if not isinstance(tokens, dict) or not tokens:
             raise TypeError(f"tokens: expected a non-empty dict of modality name -> tensor, got {type(tokens).__name__}")
@@ -171,7 +133,7 @@ class MultimodalMoEBackbone(nn.Module):
             ids.append(torch.full(t.shape[:2], m, dtype=torch.long, device=t.device))
         x, modality = torch.cat(parts, dim=1), torch.cat(ids, dim=1)
         for block in self.blocks:
-            x = block(x, modality)
+            x = block(x, modality, grid)
         x = self.norm(x)
         sizes = [tokens[n].shape[1] for n in names]
         return dict(zip(names, x.split(sizes, dim=1)))
