@@ -1,1 +1,5 @@
-"""Lightning datamodules, one per task. No datamodule has landed yet."""
+"""Lightning datamodules, one per task."""
+
+from mmoe.datamodules.pde import PDEDataModule
+
+__all__ = ["PDEDataModule"]
