@@ -3,6 +3,7 @@
 from mmoe.backbone import MultimodalMoEBackbone
 from mmoe.mixers import MIXERS, register_mixer
 from mmoe.experts import DenseFFN, Experts
+from mmoe.loading import list_models, load
 from mmoe.moe_layer import MoELayer
 from mmoe.routers import ROUTERS, register_router
 from mmoe.stats import MoEOutputs, RoutingStats, collect_moe
@@ -19,6 +20,8 @@ __all__ = [
     "MultimodalMoEBackbone",
     "RoutingStats",
     "collect_moe",
+    "list_models",
+    "load",
     "register_mixer",
     "register_router",
 ]

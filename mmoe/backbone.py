@@ -47,8 +47,8 @@ class MultimodalMoEBackbone(nn.Module):
     ``(8, 8)``) is handed to grid-aware mixers such as ``"spectral"``.
 
     ``moe_blocks`` lists the block indices that use a :class:`MoELayer` (None: all); the
-    others use a dense FFN of hidden width ``top_k * hidden_dim`` (the active width of an MoE
-    block).
+    others use a dense FFN of hidden width ``dense_hidden_dim`` (default ``top_k * hidden_dim``,
+    the active width of an MoE block).
     """
 
     def __init__(
@@ -75,6 +75,7 @@ class MultimodalMoEBackbone(nn.Module):
         spectral_modes: int = 8,
         spatial_dims: int = 2,
         positions: bool = True,
+        dense_hidden_dim: int | None = None,
     ) -> None:
         super().__init__()
         if not modalities or len(set(modalities)) != len(modalities):
@@ -99,7 +100,7 @@ class MultimodalMoEBackbone(nn.Module):
                     soft_slots=soft_slots, groups=groups, validate_inputs=False,
                 )
             else:
-                ffn = DenseFFN(dim, top_k * hidden_dim, activation)
+                ffn = DenseFFN(dim, dense_hidden_dim or top_k * hidden_dim, activation)
             blocks.append(MoEBlock(dim, num_heads, mixer, ffn, spectral_modes, spatial_dims))
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(dim)

@@ -1,1 +1,6 @@
-"""Lightning task modules (BaseMoETask and one module per task). No task has landed yet."""
+"""Lightning task modules: BaseMoETask and one module per task."""
+
+from mmoe.tasks.base import BaseMoETask
+from mmoe.tasks.pde import PDETask
+
+__all__ = ["BaseMoETask", "PDETask"]

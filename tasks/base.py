@@ -3,7 +3,8 @@
 A task fills in three hooks (TorchGeo style) and two methods:
 
 * ``configure_models()`` builds ``self.model`` (embedders, backbone, head),
-* ``configure_losses()`` and ``configure_metrics()`` (torchmetrics, cloned per split),
+* ``configure_losses()`` and ``configure_metrics()`` (``train_metrics``, ``val_metrics``,
+  ``test_metrics``: torchmetrics),
 * ``forward(batch)`` returns the model output for a batch dict,
 * ``task_loss(output, batch)`` returns the task's scalar loss,
 * ``update_metrics(split, output, batch)`` feeds the split's metrics,
@@ -77,14 +78,17 @@ class BaseMoETask(LightningModule):
         """Build loss modules; the default has none."""
 
     def configure_metrics(self) -> None:
-        """Build ``self.metrics = nn.ModuleDict({split: MetricCollection})``; default none."""
-        self.metrics = nn.ModuleDict()
+        """Set ``self.train_metrics``, ``self.val_metrics``, ``self.test_metrics`` (torchmetrics)."""
+
+    def split_metrics(self, split: str):
+        """The metric (or MetricCollection) of ``split``, or None."""
+        return getattr(self, f"{split}_metrics", None)
 
     def task_loss(self, output: Any, batch: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError
 
     def update_metrics(self, split: str, output: Any, batch: dict[str, Any]) -> None:
-        if split in self.metrics:
+        if self.split_metrics(split) is not None:
             raise NotImplementedError("update_metrics must feed the metrics the task configured")
 
     def routing_classes(self, batch: dict[str, Any]) -> torch.Tensor | None:
@@ -147,9 +151,11 @@ class BaseMoETask(LightningModule):
         self._log_routing("test")
 
     def _log_metrics(self, split: str) -> None:
-        if split not in self.metrics:
+        metric = self.split_metrics(split)
+        if metric is None or not metric.update_called:
             return
-        values = self.metrics[split].compute()
+        values = metric.compute()
+        values = values if isinstance(values, dict) else {type(metric).__name__: values}
         for name, value in values.items():
             if value.numel() == 1:
                 self.log(f"{split}/{name}", value.float(), prog_bar=split != "train")
@@ -157,7 +163,7 @@ class BaseMoETask(LightningModule):
                 for i, v in enumerate(value.flatten()):
                     label = (self.class_names() or [])[i] if i < len(self.class_names() or []) else str(i)
                     self.log(f"{split}/{name}_{label}", v.float())
-        self.metrics[split].reset()
+        metric.reset()
 
     # ---------------------------------------------------------------- routing
     def _accumulate_routing(self, stats: dict, batch: dict[str, Any]) -> None:
