@@ -24,10 +24,10 @@ from torch import nn
 
 from mmoe import MoELayer
 
-GRID = [  # (tokens, dim, hidden per expert, E, k)
-    (4096, 512, 512, 8, 2),
-    (4096, 512, 256, 16, 4),
-    (4096, 512, 128, 64, 8),
+GRID = [  # (tokens, dim, hidden per expert, E, k), shapes scaled down from real models
+    (4096, 512, 1792, 8, 2),  # Mixtral-8x7B ratios (hidden = 3.5 dim, E=8, k=2)
+    (4096, 512, 256, 64, 8),  # OLMoE ratios (hidden = dim / 2, E=64, k=8)
+    (4096, 512, 128, 64, 8),  # finer experts (hidden = dim / 4): less work per expert
 ]
 QUICK_GRID = [(256, 64, 64, 8, 2), (256, 64, 32, 64, 8)]
 METHODS = ("mmoe", "naive_loop", "dense_equal_flops")

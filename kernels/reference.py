@@ -143,7 +143,7 @@ def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, offsets: torch.Tens
     a = _pad_last(rows, Ka)
     b = weight if (Ka, Na) == (K, N) else F.pad(weight, (0, Na - N, 0, Ka - K))
     ends = offsets[1:].to(torch.int32)
-    out = F.grouped_mm(a, b.contiguous(), offs=ends)
+    out = F.grouped_mm(a, b, offs=ends)
     return out if Na == N else out[:, :N]
 
 
@@ -176,13 +176,18 @@ def expert_mlp(
     T, dim = x.shape
     P = sorted_token.numel()
     E = w_in.shape[0]
-    live = (torch.arange(P, device=x.device) < expert_offsets[E]).unsqueeze(-1)
-    rows = torch.where(live, x.index_select(0, sorted_token), 0)
+    # Rows past offsets[E] come out of the grouped GEMMs undefined (possibly NaN), in the
+    # forward and in the backward. Instead of masking [P, dim] tensors, those pairs read from
+    # and write to a spare token row T that is cut off at the end, and get gate weight 0.
+    live = torch.arange(P, device=x.device) < expert_offsets[E]
+    token = torch.where(live, sorted_token, T)
+    weight = torch.where(live, sorted_weight, 0)
+    rows = torch.cat([x, x.new_zeros(1, dim)]).index_select(0, token)
     h = activate(grouped_linear(rows, w_in, expert_offsets), activation)
-    out = grouped_linear(h, w_out, expert_offsets)
-    out = torch.where(live, out * sorted_weight.unsqueeze(-1).to(out.dtype), 0)
-    y = torch.zeros(T, dim, dtype=out.dtype, device=x.device)
-    return y.index_add(0, sorted_token, out)
+    # the gate multiplies the hidden activations: H columns instead of dim
+    out = grouped_linear(h * weight.unsqueeze(-1).to(h.dtype), w_out, expert_offsets)
+    y = torch.zeros(T + 1, dim, dtype=out.dtype, device=x.device)
+    return y.index_add(0, token, out)[:T]
 
 
 def naive_expert_mlp(

@@ -233,7 +233,7 @@ class BaseMoETask(LightningModule):
         import matplotlib.pyplot as plt
 
         trainer = getattr(self, "_trainer", None)
-        if trainer is None:
+        if trainer is None or not trainer.loggers:  # no run folder to write into
             plt.close(fig)
             return
         root = Path(trainer.log_dir or trainer.default_root_dir) / "figures"
