@@ -325,9 +325,9 @@ class PDEDataModule(pl.LightningDataModule):
         path: PDEBench HDF5 file; ``None`` uses the embedded generated families.
         test_path: separate PDEBench test file; without it the last ``test_fraction`` of
             ``path`` is the test split.
-        dim: 1 (Burgers / PDEBench 1D) or 2 (the 2D families / PDEBench Darcy).
-        families: embedded families to include (default all of ``dim``); labels always
-            index :attr:`family_names`, the full list for ``dim``, so they stay stable.
+        spatial_dims: 1 (Burgers / PDEBench 1D) or 2 (the 2D families / PDEBench Darcy).
+        families: embedded families to include (default all of ``spatial_dims``); labels
+            always index :attr:`family_names`, the full list for it, so they stay stable.
         num_samples_per_family: generated samples per family (embedded only).
         resolution: grid points per axis of the generated data; default 32 (2D), 128 (1D).
         test_fraction, val_fraction: fractions of all samples (per family when generated).
@@ -344,7 +344,7 @@ class PDEDataModule(pl.LightningDataModule):
         self,
         path: str | None = None,
         test_path: str | None = None,
-        dim: int = 2,
+        spatial_dims: int = 2,
         families: list[str] | None = None,
         num_samples_per_family: int = 256,
         resolution: int | None = None,
@@ -357,8 +357,9 @@ class PDEDataModule(pl.LightningDataModule):
         target_time_index: int = -1,
     ) -> None:
         super().__init__()
+        dim = spatial_dims
         if dim not in (1, 2) or isinstance(dim, bool):
-            raise ValueError(f"dim: expected 1 or 2, got {dim!r}")
+            raise ValueError(f"spatial_dims: expected 1 or 2, got {dim!r}")
         for name, value, lo in (("num_samples_per_family", num_samples_per_family, 1), ("batch_size", batch_size, 1),
                                 ("num_workers", num_workers, 0), ("seed", seed, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
@@ -374,7 +375,7 @@ class PDEDataModule(pl.LightningDataModule):
         bad = [f for f in families if f not in FAMILIES[dim]] if isinstance(families, (list, tuple)) else families
         if bad or not families or len(set(families)) != len(families):
             raise ValueError(
-                f"families: expected distinct names from {list(FAMILIES[dim])} for dim={dim}, got {families!r}"
+                f"families: expected distinct names from {list(FAMILIES[dim])} for spatial_dims={dim}, got {families!r}"
             )
         if test_path is not None and path is None:
             raise ValueError("test_path: given without path (the embedded default has its own test split)")

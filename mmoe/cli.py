@@ -9,34 +9,38 @@ folder, ``<save_dir>/<name>/version_<n>``.
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 import mmoe.datamodules  # noqa: F401  (registers the datamodules for short names)
 import mmoe.tasks  # noqa: F401  (registers the tasks for short names)
 from mmoe.tasks.base import BaseMoETask
 
 
-def _loggers(save_dir: str = "runs", name: str = "mmoe") -> list[dict]:
-    loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": save_dir, "name": name}}]
+def _loggers(save_dir: str, name: str) -> list:
+    loggers = [CSVLogger(save_dir, name=name)]
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        loggers.append({"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                        "init_args": {"save_dir": save_dir, "name": name, "default_hp_metric": False}})
+        # same folder as the CSV logger: one run folder holds everything
+        loggers.append(TensorBoardLogger(save_dir, name=name, version=loggers[0].version, default_hp_metric=False))
     return loggers
 
 
 class MMoECLI(LightningCLI):
-    """LightningCLI with mmoe's defaults: loggers, a best-checkpoint callback, progress bar."""
+    """LightningCLI with mmoe's defaults: run folder loggers, a best-checkpoint callback."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--run_name", type=str, default="mmoe", help="run folder name under --run_dir")
         parser.add_argument("--run_dir", type=str, default="runs", help="root folder of the runs")
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        if not config.trainer.get("logger") or config.trainer.logger is True:
-            config.trainer.logger = _loggers(config.run_dir, config.run_name)
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        if config["trainer"].get("logger") in (None, True):
+            kwargs["logger"] = _loggers(config["run_dir"], config["run_name"])
+        return super().instantiate_trainer(**kwargs)
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> MMoECLI:
@@ -49,12 +53,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> MMoECLI:
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={
-            "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"monitor": "val/loss", "save_last": True, "filename": "best"}},
-            ],
-        },
+        trainer_defaults={"callbacks": [ModelCheckpoint(monitor="val/loss", save_last=True, filename="best")]},
         auto_configure_optimizers=False,
     )
 

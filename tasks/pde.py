@@ -1,10 +1,15 @@
 """PDE neural operators: a nested-MoE operator on the shared backbone (after NESTOR).
 
 Fields are cut into patches; patch tokens carry Fourier features of their physical position
-in [0, 1]^d (so the same model runs at any resolution); the backbone alternates a spectral
+in [0, 1]^d; the backbone alternates a spectral
 (Fourier) or attention token mixer with a nested MoE: per sample, a group of experts is chosen
 (trained to match the PDE family when family labels are known); per token, the top-k experts
 of that group plus the group's shared expert. A linear head maps tokens back to patches.
+
+Resolution: the operator computes on its training grid (``resolution``). A field on another
+grid is resampled to it (bilinear / linear, cell-centred), and the prediction is resampled
+back; the pointwise skip path runs on the native grid. So a model trained at 32x32 predicts at
+64x64 (or 30x22) with the accuracy of its 32x32 grid plus the interpolation error.
 """
 
 from __future__ import annotations
@@ -44,9 +49,11 @@ class NestedMoEOperator(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, spatial_dims: int, patch_size: int, dim: int,
                  depth: int, num_heads: int, hidden_dim: int, num_groups: int, experts_per_group: int,
-                 top_k: int, mixer: str, modes: int, moe: bool, num_freqs: int = 8) -> None:
+                 top_k: int, mixer: str, modes: int, moe: bool, resolution: int | None = None,
+                 num_freqs: int = 8) -> None:
         super().__init__()
         self.spatial_dims, self.patch, self.num_freqs = spatial_dims, patch_size, num_freqs
+        self.resolution = resolution
         self.in_channels, self.out_channels = in_channels, out_channels
         conv = nn.Conv1d if spatial_dims == 1 else nn.Conv2d
         self.embed = conv(in_channels, dim, patch_size, stride=patch_size)
@@ -61,6 +68,17 @@ class NestedMoEOperator(nn.Module):
         self.skip = conv(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = list(x.shape[2:])
+        work = [self.resolution] * self.spatial_dims if self.resolution else size
+        if work != size:
+            mode = "linear" if self.spatial_dims == 1 else "bilinear"
+            y = self._operator(F.interpolate(x, size=work, mode=mode, align_corners=False))
+            y = F.interpolate(y, size=size, mode=mode, align_corners=False)
+        else:
+            y = self._operator(x)
+        return y + self.skip(x)
+
+    def _operator(self, x: torch.Tensor) -> torch.Tensor:
         B, _, *size = x.shape
         p, d = self.patch, self.spatial_dims
         pad = [(-s) % p for s in size]
@@ -79,8 +97,7 @@ class NestedMoEOperator(nn.Module):
         else:
             y = patches.view(B, grid[0], grid[1], self.out_channels, p, p).permute(0, 3, 1, 4, 2, 5)
             y = y.reshape(B, self.out_channels, grid[0] * p, grid[1] * p)
-        y = y[(...,) + tuple(slice(0, s) for s in size)]
-        return y + self.skip(x)
+        return y[(...,) + tuple(slice(0, s) for s in size)]
 
 
 class PDETask(BaseMoETask):
@@ -95,6 +112,8 @@ class PDETask(BaseMoETask):
             group, top-k of ``experts_per_group - 1`` routed experts plus one shared expert).
         mixer: ``"spectral"`` or ``"attention"``. modes: Fourier modes of the spectral mixer.
         moe: False gives the dense baseline with equal active parameters.
+        train_resolution: the training grid size per axis; fields on other grids are resampled to
+            it and back (None: compute on whatever grid comes in).
         family_loss_weight: weight of the cross-entropy between the sample-level group logits
             and the family label (samples with family -1 are ignored).
         lr, weight_decay, scheduler, warmup_steps, aux_loss_weight, log_routing: see BaseMoETask.
@@ -117,6 +136,7 @@ class PDETask(BaseMoETask):
         mixer: str = "spectral",
         modes: int = 8,
         moe: bool = True,
+        train_resolution: int | None = None,
         family_loss_weight: float = 0.1,
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
@@ -139,6 +159,7 @@ class PDETask(BaseMoETask):
         self.model = NestedMoEOperator(
             hp.in_channels, hp.out_channels, hp.spatial_dims, hp.patch_size, hp.dim, hp.depth, hp.num_heads,
             hp.hidden_dim, hp.num_groups, hp.experts_per_group, hp.top_k, hp.mixer, hp.modes, hp.moe,
+            hp.train_resolution,
         )
 
     def configure_metrics(self) -> None:

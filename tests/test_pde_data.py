@@ -199,7 +199,7 @@ def test_mmoe_home_and_other_resolution(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_embedded_1d_burgers(tmp_path: Path) -> None:
-    dm = _dm(tmp_path, dim=1, num_samples_per_family=6, resolution=32, test_fraction=0.34, val_fraction=0.0)
+    dm = _dm(tmp_path, spatial_dims=1, num_samples_per_family=6, resolution=32, test_fraction=0.34, val_fraction=0.0)
     assert dm.family_names == ["burgers"] and dm.in_channels == 2
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (4, 0, 2)
     batch = next(iter(dm.test_dataloader()))
@@ -234,7 +234,7 @@ def test_pdebench_1d_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         monkeypatch.setattr(pde, "IN_MEMORY_BYTES", 0)
     path = tmp_path / "1D_Burgers_Sols_Nu0.01.hdf5"
     data = _write_1d(path)
-    dm = PDEDataModule(path=str(path), dim=1, batch_size=4, target_time_index=2, num_workers=1 if lazy else 0)
+    dm = PDEDataModule(path=str(path), spatial_dims=1, batch_size=4, target_time_index=2, num_workers=1 if lazy else 0)
     dm.setup()
     assert dm.family_names == [] and dm.in_channels == 1
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (7, 1, 2)

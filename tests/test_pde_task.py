@@ -46,18 +46,19 @@ def test_operator_runs_at_any_resolution(spatial_dims: int, shape: tuple) -> Non
     assert torch.isfinite(y).all()
 
 
-def test_operator_is_consistent_across_resolutions() -> None:
-    """A smooth input at 32 and at 64 points per side gives close outputs at shared points."""
+def test_operator_trained_at_32_runs_its_32_grid_at_64() -> None:
+    """At 64x64 the prediction is the 32x32 operator resampled (plus the pointwise skip path)."""
     torch.manual_seed(1)
-    task = PDETask(in_channels=1, spatial_dims=2, **SMALL).eval()
-    def field(n):
-        c = (torch.arange(n) + 0.5) / n
-        X, Y = torch.meshgrid(c, c, indexing="ij")
-        return (torch.sin(2 * torch.pi * X) * torch.cos(2 * torch.pi * Y))[None, None]
-    coarse = task(dict(input=field(32)))
-    fine = torch.nn.functional.avg_pool2d(task(dict(input=field(64))), 2)
-    rel = (coarse - fine).norm() / coarse.norm()
-    assert rel < 0.5, rel  # same operator, not an unrelated output (random init, so loose)
+    task = PDETask(in_channels=2, spatial_dims=2, train_resolution=32, **SMALL).eval()
+    x32 = torch.randn(2, 2, 32, 32)
+    x64 = x32.repeat_interleave(2, -1).repeat_interleave(2, -2)  # bilinear-downsamples back to x32 exactly
+    y64 = task(dict(input=x64)) - task.model.skip(x64)
+    expected = torch.nn.functional.interpolate(task.model._operator(x32), size=(64, 64), mode="bilinear")
+    torch.testing.assert_close(y64, expected, rtol=1e-4, atol=1e-5)
+    native = PDETask(in_channels=2, spatial_dims=2, **SMALL).eval()
+    native.load_state_dict(task.state_dict())
+    other = native(dict(input=x64)) - native.model.skip(x64)
+    assert (other - expected).norm() / expected.norm() > 0.1  # without resampling the patches differ
 
 
 def test_predict_layouts_and_bad_input() -> None:
@@ -97,7 +98,7 @@ def tiny_config(tmp_path: Path) -> Path:
                                                          "family_names": ["darcy", "heat", "advection", "allen_cahn"],
                                                          **SMALL, "num_groups": 4}},
         "data": {"class_path": "PDEDataModule", "init_args": {
-            "dim": 2, "resolution": 16, "num_samples_per_family": 20, "batch_size": 8,
+            "spatial_dims": 2, "resolution": 16, "num_samples_per_family": 20, "batch_size": 8,
             "cache_dir": str(tmp_path / "cache")}},
     }
     path = tmp_path / "tiny.yaml"
@@ -139,5 +140,5 @@ def test_print_config_resolves_short_names(capsys) -> None:
         cli_main(["fit", "--model", "PDETask", "--data", "PDEDataModule", "--print_config"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "class_path: mmoe.tasks.pde.PDETask" in out
-    assert "class_path: mmoe.datamodules.pde.PDEDataModule" in out
+    assert "class_path: mmoe.tasks.PDETask" in out
+    assert "class_path: mmoe.datamodules.PDEDataModule" in out
