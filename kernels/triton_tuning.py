@@ -40,36 +40,53 @@ def tuned_configs() -> dict[tuple, Cfg]:
 
 
 def candidates(kind: str, rows_per_expert: int) -> list[Cfg]:
-    """A small candidate set for ``kind`` in {"up", "down", "wgrad"}."""
+    """A small candidate set for ``kind`` in {"up", "upbwd", "down", "wgrad"}."""
     if INTERPRET:
-        return [Cfg(16, 32, 32, 4, 1)]
+        return [Cfg(32, 64, 64, 4, 1)]
     if kind == "wgrad":  # tiles over (K, N) of each expert's weight, loop over its rows
         return [Cfg(128, 128, 64, 8, 3), Cfg(128, 128, 32, 4, 4), Cfg(64, 128, 64, 4, 3),
-                Cfg(128, 256, 64, 8, 3)]
+                Cfg(128, 256, 64, 8, 3), Cfg(256, 128, 64, 8, 3), Cfg(128, 128, 64, 4, 4)]
     if rows_per_expert <= 64:  # decode: weight-bandwidth bound, small M tiles
         c = [Cfg(16, 64, 128, 4, 4), Cfg(16, 128, 128, 4, 4), Cfg(32, 64, 128, 4, 4),
              Cfg(16, 64, 256, 4, 3)]
         if kind == "down":
             c += [Cfg(16, 64, 128, 4, 4, 2), Cfg(16, 128, 128, 4, 4, 4)]
         return c
-    if kind == "up":  # two accumulators for SwiGLU: BN counts each half
+    if kind in ("up", "upbwd"):  # two accumulators / z tiles for SwiGLU: BN counts each half
         return [Cfg(128, 128, 64, 8, 3), Cfg(128, 64, 64, 4, 4), Cfg(64, 128, 64, 4, 4),
-                Cfg(128, 128, 64, 8, 4)]
+                Cfg(128, 128, 64, 8, 4), Cfg(128, 64, 64, 8, 4), Cfg(256, 64, 64, 8, 3)]
     return [Cfg(128, 128, 64, 8, 3), Cfg(128, 256, 64, 8, 3), Cfg(64, 128, 64, 4, 4),
-            Cfg(128, 128, 64, 4, 4)]
+            Cfg(128, 128, 64, 4, 4), Cfg(256, 128, 64, 8, 3), Cfg(128, 128, 64, 8, 4)]
 
 
-def default_cfg(kind: str, rows_per_expert: int, n: int, swiglu: bool = False) -> Cfg:
-    """The rule-based pick used when tuning is off."""
+def fit(cfg: Cfg, elt: int, mult: int, limit: int = 180 * 1024) -> Cfg:
+    """Shrink stages, then BK, until the pipelined tiles fit in shared memory."""
+    while (cfg.BM * cfg.BK + mult * cfg.BK * cfg.BN) * elt * cfg.stages > limit:
+        cfg = cfg._replace(stages=cfg.stages - 1) if cfg.stages > 2 else cfg._replace(BK=cfg.BK // 2)
+    return cfg
+
+
+def default_cfg(kind: str, rows_per_expert: int, n: int, swiglu: bool = False, elt: int = 2) -> Cfg:
+    """The rule-based pick used when tuning is off (fitted to shared memory for ``elt`` bytes)."""
+    return fit(_default(kind, rows_per_expert, n, swiglu), elt, 2 if kind == "up" and swiglu else 1)
+
+
+def _default(kind: str, rows_per_expert: int, n: int, swiglu: bool) -> Cfg:
+    # Winners of the candidate sweep on an H100 (benchmarks/moe_kernels.py --tune).
     if INTERPRET:
-        return Cfg(16, 32, 32, 4, 1)
+        return Cfg(32, 64, 64, 4, 1)
     if kind == "wgrad":
-        return Cfg(128, 128, 64, 8, 3)
+        return Cfg(128, 128, 64, 4, 4)
     if rows_per_expert <= 64:
-        return Cfg(16, 64, 128, 4, 4)
-    if kind == "up":
+        bm = 16 if rows_per_expert <= 16 else 32 if rows_per_expert <= 32 else 64
+        if kind == "up":
+            return Cfg(16, 128, 128, 4, 2) if bm == 16 else Cfg(bm, 64, 128, 4, 4)
+        return Cfg(16, 128, 128, 4, 4, 4)  # split-K: more programs for few rows
+    if kind == "up":  # forward SwiGLU holds two accumulators; "upbwd" loads two z tiles
         return Cfg(128, 128, 64, 8, 3) if swiglu else Cfg(128, 256, 64, 8, 3)
-    return Cfg(128, 256, 64, 8, 3) if n >= 2048 else Cfg(128, 128, 64, 8, 3)
+    if kind == "upbwd":
+        return Cfg(128, 64, 64, 8, 4) if swiglu else Cfg(128, 128, 64, 8, 4)
+    return Cfg(128, 256, 64, 8, 3) if n >= 4096 else Cfg(128, 128, 64, 8, 3)
 
 
 def _bucket(rows: int) -> int:
@@ -77,15 +94,16 @@ def _bucket(rows: int) -> int:
 
 
 def pick(kind: str, key: tuple, rows_per_expert: int, n: int, swiglu: bool,
-         run: Callable[[Cfg], None]) -> Cfg:
+         run: Callable[[Cfg], None], elt: int = 2) -> Cfg:
     """Config for one launch. ``run(cfg)`` must launch the kernel with fresh outputs."""
     if not _TUNE or INTERPRET:
-        return default_cfg(kind, rows_per_expert, n, swiglu)
+        return default_cfg(kind, rows_per_expert, n, swiglu, elt)
     full = (kind, _bucket(rows_per_expert)) + key
     if full in _CACHE:
         return _CACHE[full]
     best, best_t = None, float("inf")
-    for cfg in candidates(kind, rows_per_expert):
+    mult = 2 if kind == "up" and swiglu else 1
+    for cfg in dict.fromkeys(fit(c, elt, mult) for c in candidates(kind, rows_per_expert)):
         try:
             run(cfg)  # compile + warm
             torch.cuda.synchronize()
@@ -100,6 +118,6 @@ def pick(kind: str, key: tuple, rows_per_expert: int, n: int, swiglu: bool,
             continue
         if t < best_t:
             best, best_t = cfg, t
-    best = best or default_cfg(kind, rows_per_expert, n, swiglu)
+    best = best or default_cfg(kind, rows_per_expert, n, swiglu, elt)
     _CACHE[full] = best
     return best
