@@ -241,3 +241,28 @@ def test_moe_layer_triton_backend_matches_torch_backend(router, cf):
             assert rel(a, b) <= TOL[torch.float32]
         else:
             assert int(a) == int(b)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["triton"])
+def test_no_host_sync_on_cuda(backend):
+    """Forward and backward of the layer make no device-to-host synchronisation.
+
+    Only the triton backend: on CUDA, torch's own fp32 ``F.grouped_mm`` synchronises inside
+    torch (seen on an H100 with torch 2.11), so the torch backend cannot promise this there.
+    """
+    from mmoe import MoELayer
+
+    layer = MoELayer(64, 64, 8, 2, capacity_factor=1.0, num_modalities=2, backend=backend,
+                     validate_inputs=False).cuda()
+    x = torch.randn(4, 33, 64, device="cuda", requires_grad=True)
+    mod = torch.randint(0, 2, (4, 33), device="cuda")
+    layer(x, mod).sum().backward()  # warm-up: compilation and autotuning may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y = layer(x, mod)
+        (y.sum() + layer.aux_loss).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert backend_ops("auto", x.device) is tb  # auto picks triton for CUDA tensors
