@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import Timer
 from torch import nn
 
 from mmoe.moe_layer import MoELayer
@@ -40,7 +41,8 @@ class BaseMoETask(LightningModule):
 
     Args:
         lr: AdamW learning rate. weight_decay: AdamW weight decay.
-        scheduler: ``"cosine"`` (over the run's optimizer steps, after ``warmup_steps``),
+        scheduler: ``"cosine"`` (over the run's optimizer steps or its ``max_time``, whichever
+            is further along, after ``warmup_steps``),
             ``"plateau"`` (on ``val/loss``) or ``"none"``.
         warmup_steps: linear warm-up steps for the cosine schedule.
         aux_loss_weight: weight of the summed MoE auxiliary losses in the training loss.
@@ -262,11 +264,17 @@ class BaseMoETask(LightningModule):
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.monitor}}
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warm = min(hp.warmup_steps, total - 1)
+        # With a wall-clock budget (trainer max_time) the run ends before the step horizon:
+        # follow whichever of steps and time is further along, so the schedule completes.
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
 
         def factor(step: int) -> float:
             if step < warm:
                 return (step + 1) / max(1, warm)
             progress = (step - warm) / max(1, total - warm)
+            if timer is not None and timer.time_remaining("train") is not None:
+                elapsed = timer.time_elapsed("train")
+                progress = max(progress, elapsed / max(1e-9, elapsed + timer.time_remaining("train")))
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)

@@ -197,7 +197,7 @@ class PDETask(BaseMoETask):
         self.split_metrics(split).update(output, batch["target"], family)
         logits = self._group_logits()
         acc = getattr(self, f"{split}_routing_acc", None)
-        if acc is not None and logits and family is not None and bool((family >= 0).any()):
+        if acc is not None and logits and self.hparams.num_groups > 1 and family is not None and bool((family >= 0).any()):
             known = family >= 0
             acc.update(logits[0][known].argmax(-1), family[known] % logits[0].shape[1])
 
