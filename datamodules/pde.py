@@ -8,7 +8,7 @@ parameter and the solver version, so changing any of them regenerates.
 Families and channel layout (every family of one ``dim`` has the same channels, so one
 model serves all of them; parameter channels are constant maps, zero where unused):
 
-* 2D (``[4, H, W]`` input, ``[1, H, W]`` target), unit square, cell-centred grid:
+* 2D (``[5, H, W]`` input, ``[1, H, W]`` target), unit square, cell-centred grid:
 
   - ``darcy``: ``-div(a grad u) = 1``, ``u = 0`` on the boundary; ``a`` is a thresholded
     Gaussian random field taking 12 or 3. Input channel 0 is ``a / 12``; target ``u / 0.01``
@@ -18,13 +18,13 @@ model serves all of them; parameter channels are constant maps, zero where unuse
   - ``allen_cahn``: ``u_t = eps2 lap u + u - u^3`` (periodic), ``u0 -> u(2)``, ``eps2``
     log-uniform in [1e-3, 4e-3]; solved on a 64^2 (or finer) grid and sampled spectrally.
 
-  Channel 0: ``a / 12`` (darcy) or ``u0`` (unit-variance random field). Channel 1: the
-  diffusion parameter mapped to [0, 1] on a log scale within its family's range (heat
-  ``nu``, allen_cahn ``eps2``). Channels 2, 3: advection velocity ``(c_x, c_y)``.
+  Channel 0: ``a / 12`` (darcy) or ``u0`` (unit-variance random field). Channel 1: heat
+  ``nu`` and channel 2: allen_cahn ``eps2``, each mapped to [1, 2] on a log scale within its
+  range (0 for the other families). Channels 3, 4: advection velocity ``(c_x, c_y)``.
 
 * 1D (``[2, X]`` input, ``[1, X]`` target): ``burgers``, ``u_t + (u^2/2)_x = nu u_xx``
   (periodic), ``u0 -> u(1)``, ``nu`` log-uniform in [2e-3, 5e-2], solved on 1024 points and
-  sampled at ``resolution`` points. Channel 0: ``u0``; channel 1: log-mapped ``nu``.
+  sampled at ``resolution`` points. Channel 0: ``u0``; channel 1: ``nu`` mapped to [1, 2].
 
 Real data (``path`` given): PDEBench HDF5 files as distributed; input/target have one
 channel each, values are left as stored, and ``family`` is -1.
@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from mmoe.datamodules import pde_solvers as S
 
 FAMILIES: dict[int, tuple[str, ...]] = {2: ("darcy", "heat", "advection", "allen_cahn"), 1: ("burgers",)}
-IN_CHANNELS: dict[int, int] = {2: 4, 1: 2}
+IN_CHANNELS: dict[int, int] = {2: 5, 1: 2}
 DEFAULT_RESOLUTION: dict[int, int] = {2: 32, 1: 128}
 MIN_RESOLUTION = 16  # the 2D random fields use modes |n| <= 7, which a 16-point grid resolves
 # Files up to this size are read whole; larger ones are read one sample at a time.
@@ -107,12 +107,17 @@ def generate_family(
     grid = [S.cell_centres(resolution)] * dim
     fine = [S.cell_centres(max(p.get("solver_grid", resolution), resolution))] * dim
     params = np.zeros((num_samples, IN_CHANNELS[dim] - 1))
+    # Each physical parameter has its own channel, so families with alike inputs (heat and
+    # Allen-Cahn both start from a random field) stay distinguishable; present log-scale
+    # parameters lie in [1, 2], absent ones are 0.
     if family in ("heat", "burgers"):
-        coef, params[:, 0] = _log_uniform(rng, p["nu"], num_samples)
+        coef, s = _log_uniform(rng, p["nu"], num_samples)
+        params[:, 0] = 1 + s
     elif family == "allen_cahn":
-        coef, params[:, 0] = _log_uniform(rng, p["eps2"], num_samples)
+        coef, s = _log_uniform(rng, p["eps2"], num_samples)
+        params[:, 1] = 1 + s
     elif family == "advection":
-        params[:, 1:3] = coef = rng.uniform(-p["speed"], p["speed"], size=(num_samples, 2))
+        params[:, 2:4] = coef = rng.uniform(-p["speed"], p["speed"], size=(num_samples, 2))
 
     if family == "burgers":  # one time step for all chunks, from the largest |u0|
         u0_max = p["amplitude"] * np.abs(S.eval_fourier(coeffs, modes, fine)).max()
@@ -167,7 +172,7 @@ def cache_key(family: str, num_samples: int, resolution: int, seed: int) -> str:
     """Hash of every generation parameter and the solver version."""
     spec = {
         "family": family, "num_samples": num_samples, "resolution": resolution, "seed": seed,
-        "params": FAMILY_PARAMS[family], "solver_version": S.SOLVER_VERSION, "format": 1,
+        "params": FAMILY_PARAMS[family], "solver_version": S.SOLVER_VERSION, "format": 2,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -3,7 +3,8 @@
 Subclass mode over :class:`mmoe.tasks.BaseMoETask` and ``LightningDataModule``: configs name
 classes by short name (``class_path: PDETask``). A run writes its config, checkpoints, CSV
 logs (and TensorBoard logs when a TensorBoard writer is installed) and figures under one
-folder, ``<save_dir>/<name>/version_<n>``.
+folder, ``<run_dir>/<run_name>/version_<n>``. ``--test_after_fit true`` tests the best
+checkpoint right after ``fit``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ class MMoECLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--run_name", type=str, default="mmoe", help="run folder name under --run_dir")
         parser.add_argument("--run_dir", type=str, default="runs", help="root folder of the runs")
+        parser.add_argument("--test_after_fit", type=bool, default=False,
+                            help="after fit, test the best checkpoint on the test split")
+
+    def after_fit(self) -> None:
+        if self.config[self.subcommand].get("test_after_fit"):
+            best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init

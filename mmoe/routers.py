@@ -79,6 +79,13 @@ class Router(nn.Module):
         return logits, top, pair_token
 
 
+def _mean_per_sample(x: torch.Tensor, sample: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Mean of the rows of ``x [T, dim]`` per sample id ``[T]``: ``[num_samples, dim]`` in fp32."""
+    pooled = torch.zeros(num_samples, x.shape[1], dtype=torch.float32, device=x.device).index_add_(0, sample, x.float())
+    sizes = torch.zeros(num_samples, device=x.device).index_add_(0, sample, torch.ones(x.shape[0], device=x.device))
+    return pooled / sizes.clamp_min(1).unsqueeze(-1)
+
+
 def _load_fraction(counts: torch.Tensor) -> torch.Tensor:
     return counts.float() / counts.sum().clamp_min(1).float()
 
@@ -162,11 +169,7 @@ class SampleRouter(Router):
 
     def forward(self, x, sample, num_samples, ops, capacity):
         T, k = x.shape[0], self.top_k
-        pooled = torch.zeros(num_samples, x.shape[1], dtype=torch.float32, device=x.device)
-        pooled.index_add_(0, sample, x.float())
-        sizes = torch.zeros(num_samples, device=x.device).index_add_(0, sample, torch.ones(T, device=x.device))
-        sizes = sizes.clamp_min(1).unsqueeze(-1)
-        logits = self.logits(pooled / sizes)
+        logits = self.logits(_mean_per_sample(x, sample, num_samples))
         top = ops.topk_routing(logits, k, score="softmax", renormalize=self.renormalize)
         pair_token = torch.arange(T, device=x.device).repeat_interleave(k)
         pair_expert = top.experts[sample].reshape(-1)
@@ -238,10 +241,7 @@ class NestedRouter(Router):
     def forward(self, x, sample, num_samples, ops, capacity):
         T, E, G, k = x.shape[0], self.num_experts, self.groups, self.top_k
         per = E // G
-        pooled = torch.zeros(num_samples, x.shape[1], dtype=torch.float32, device=x.device)
-        pooled.index_add_(0, sample, x.float())
-        sizes = torch.zeros(num_samples, device=x.device).index_add_(0, sample, torch.ones(T, device=x.device))
-        group_logits = F.linear(pooled / sizes.clamp_min(1).unsqueeze(-1), self.group_weight.float())
+        group_logits = F.linear(_mean_per_sample(x, sample, num_samples), self.group_weight.float())
         group_probs = torch.softmax(group_logits, dim=-1)
         gate, group = group_probs.max(dim=-1)  # [B]
         tok_group, tok_gate = group[sample], gate[sample]  # [T]

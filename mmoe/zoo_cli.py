@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mmoe import zoo
 
 EPILOG = (
@@ -65,8 +67,13 @@ def export_checkpoint(
     metrics: dict[str, float],
     out_dir: Path,
     description: str = "",
+    dtype: str = "float32",
 ) -> dict[str, Any]:
-    """Turn a Lightning checkpoint into ``OUT_DIR/NAME.safetensors`` plus a manifest row."""
+    """Turn a Lightning checkpoint into ``OUT_DIR/NAME.safetensors`` plus a manifest row.
+
+    ``dtype`` (float32, float16 or bfloat16) is the storage type of floating-point tensors;
+    loading casts them back to the model's parameter type.
+    """
     from safetensors.torch import save_file
 
     from mmoe import __version__
@@ -91,7 +98,11 @@ def export_checkpoint(
     except TypeError as exc:
         raise _BadInput(f"--ckpt: the model's init args are not JSON-serializable: {exc}") from exc
     # clone: safetensors refuses tensors that share storage (tied weights)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in dtypes:
+        raise _BadInput(f"--dtype: expected one of {sorted(dtypes)}, got {dtype!r}")
+    tensors = {k: (v.to(dtypes[dtype]) if v.is_floating_point() else v).detach().to("cpu").contiguous().clone()
+               for k, v in model.state_dict().items()}
     meta = {"class_path": class_path, "init_args": init_json, "task": task, "mmoe_version": __version__, "name": name}
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +120,7 @@ def export_checkpoint(
     row = {
         "name": name, "task": task, "config": cfg.as_posix(), "file": dest.name,
         "sha256": zoo.file_sha256(dest), "size_bytes": dest.stat().st_size,
-        "training_data": training_data, "metrics": metrics, "description": description,
+        "training_data": training_data, "metrics": metrics, "description": description, "dtype": dtype,
     }
     manifest_file = out_dir / zoo.MANIFEST_NAME
     data = zoo.read_manifest(manifest_file) if manifest_file.is_file() else {"models": []}
@@ -198,7 +209,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise _BadInput("--out-dir: required outside a source checkout (no checkpoints/ folder found)")
     row = export_checkpoint(
         ckpt=args.ckpt, name=args.name, config=args.config, task=args.task, training_data=args.training_data,
-        metrics=_parse_metrics(args.metrics), out_dir=Path(out_dir), description=args.description,
+        metrics=_parse_metrics(args.metrics), out_dir=Path(out_dir), description=args.description, dtype=args.dtype,
     )
     print(json.dumps(row, indent=2))
     return 0
@@ -230,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", required=True, help="JSON object of measured metrics, or a path to one")
     s.add_argument("--out-dir", type=Path, default=None, help="destination folder (default: the repo checkpoints/)")
     s.add_argument("--description", default="", help="one-line description")
+    s.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="storage type of the floating-point weights (loading casts back)")
     s.set_defaults(func=_cmd_export)
     return p
 

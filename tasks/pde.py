@@ -121,7 +121,7 @@ class PDETask(BaseMoETask):
 
     def __init__(
         self,
-        in_channels: int = 4,
+        in_channels: int = 5,
         out_channels: int = 1,
         spatial_dims: int = 2,
         family_names: list[str] | None = None,

@@ -136,18 +136,19 @@ def _dm(tmp_path: Path, **kw: object) -> PDEDataModule:
 
 def test_embedded_2d_batches_channels_and_splits(tmp_path: Path) -> None:
     dm = _dm(tmp_path)
-    assert dm.family_names == ["darcy", "heat", "advection", "allen_cahn"] and dm.in_channels == 4
+    assert dm.family_names == ["darcy", "heat", "advection", "allen_cahn"] and dm.in_channels == 5
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (28, 4, 8)  # 7/1/2 per family
     batch = next(iter(dm.train_dataloader()))
-    assert batch["input"].shape == (28, 4, 16, 16) and batch["target"].shape == (28, 1, 16, 16)
+    assert batch["input"].shape == (28, 5, 16, 16) and batch["target"].shape == (28, 1, 16, 16)
     assert batch["input"].dtype == batch["target"].dtype == torch.float32 and batch["family"].dtype == torch.long
     assert torch.bincount(batch["family"], minlength=4).tolist() == [7, 7, 7, 7]
     inp, fam = batch["input"], batch["family"]
     darcy, heat, adv, ac = (inp[fam == i] for i in range(4))
     assert set(darcy[:, 0].unique().tolist()) <= {0.25, 1.0} and (darcy[:, 1:] == 0).all()
-    assert (heat[:, 2:] == 0).all() and (heat[:, 1] >= 0).all() and (heat[:, 1] <= 1).all()
-    assert (adv[:, 1] == 0).all() and (adv[:, 2:].abs() <= 1).all() and adv[:, 2:].std() > 0
-    assert (ac[:, 2:] == 0).all() and (ac[:, 1] > 0).all()
+    # every parameter has its own channel: heat nu (1), allen_cahn eps2 (2), velocity (3, 4)
+    assert (heat[:, 2:] == 0).all() and (heat[:, 1] >= 1).all() and (heat[:, 1] <= 2).all()
+    assert (adv[:, 1:3] == 0).all() and (adv[:, 3:].abs() <= 1).all() and adv[:, 3:].std() > 0
+    assert (ac[:, 1] == 0).all() and (ac[:, 3:] == 0).all() and (ac[:, 2] >= 1).all() and (ac[:, 2] <= 2).all()
     assert (inp[:, 1:].amax(dim=(2, 3)) == inp[:, 1:].amin(dim=(2, 3))).all()  # constant maps
     # Darcy targets are normalized; to_physical maps them back to the O(1e-2) pressure.
     t = batch["target"][fam == 0]
@@ -192,7 +193,7 @@ def test_mmoe_home_and_other_resolution(tmp_path: Path, monkeypatch: pytest.Monk
     coarse = _dm(tmp_path, families=["advection", "darcy"], num_samples_per_family=5, val_fraction=0.0)
     assert dm.normalization == coarse.normalization  # constants, so a model can change resolution
     fine, small = dm.test_dataset[0], coarse.test_dataset[0]  # same advection sample at 32^2 and 16^2
-    assert fine["input"].shape == (4, 32, 32) and small["input"].shape == (4, 16, 16)
+    assert fine["input"].shape == (5, 32, 32) and small["input"].shape == (4, 16, 16)
     for key in ("input", "target"):
         resampled = S.periodic_interpolate(fine[key][:1].double().numpy(), [S.cell_centres(16)] * 2)
         np.testing.assert_allclose(resampled, small[key][:1].numpy(), atol=1e-5)
@@ -204,7 +205,7 @@ def test_embedded_1d_burgers(tmp_path: Path) -> None:
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (4, 0, 2)
     batch = next(iter(dm.test_dataloader()))
     assert batch["input"].shape == (2, 2, 32) and batch["target"].shape == (2, 1, 32)
-    assert (batch["family"] == 0).all() and 0 <= batch["input"][:, 1].min() <= batch["input"][:, 1].max() <= 1
+    assert (batch["family"] == 0).all() and 1 <= batch["input"][:, 1].min() <= batch["input"][:, 1].max() <= 2
     # Mean is conserved (sampled at 32 points of a smooth field, so up to sampling error).
     np.testing.assert_allclose(batch["target"].mean(-1), batch["input"][:, :1].mean(-1), atol=1e-4)
 

@@ -94,7 +94,7 @@ def tiny_config(tmp_path: Path) -> Path:
         "run_dir": str(tmp_path / "runs"),
         "trainer": {"accelerator": "cpu", "max_epochs": 2, "limit_train_batches": 3, "limit_val_batches": 2,
                     "limit_test_batches": 2, "log_every_n_steps": 1, "enable_model_summary": False},
-        "model": {"class_path": "PDETask", "init_args": {"in_channels": 4, "spatial_dims": 2,
+        "model": {"class_path": "PDETask", "init_args": {"in_channels": 5, "spatial_dims": 2,
                                                          "family_names": ["darcy", "heat", "advection", "allen_cahn"],
                                                          **SMALL, "num_groups": 4}},
         "data": {"class_path": "PDEDataModule", "init_args": {
@@ -108,7 +108,8 @@ def tiny_config(tmp_path: Path) -> Path:
 
 def test_cli_fit_test_and_load_checkpoint(tmp_path: Path) -> None:
     config = tiny_config(tmp_path)
-    cli = cli_main(["fit", "--config", str(config)])
+    cli = cli_main(["fit", "--config", str(config), "--test_after_fit", "true"])
+    assert "test/rel_l2" in cli.trainer.callback_metrics
     run = Path(cli.trainer.log_dir)
     assert run.is_relative_to(tmp_path / "runs" / "tiny")
     assert (run / "config.yaml").exists()
@@ -128,10 +129,10 @@ def test_cli_fit_test_and_load_checkpoint(tmp_path: Path) -> None:
 
     model = mmoe.load(str(ckpts[-1]))
     state = torch.load(ckpts[-1], weights_only=True)["state_dict"]
-    ref = PDETask(in_channels=4, spatial_dims=2, family_names=["darcy", "heat", "advection", "allen_cahn"],
+    ref = PDETask(in_channels=5, spatial_dims=2, family_names=["darcy", "heat", "advection", "allen_cahn"],
                   **(SMALL | {"num_groups": 4}))
     ref.load_state_dict(state)
-    field = torch.randn(2, 4, 16, 16)
+    field = torch.randn(2, 5, 16, 16)
     torch.testing.assert_close(model.predict(field), ref.eval().predict(field))
 
 

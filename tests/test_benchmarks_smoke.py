@@ -1,0 +1,34 @@
+"""The benchmark scripts run end to end in their small CPU modes and print numeric tables."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(args: list[str], env: dict | None = None) -> str:
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, **(env or {})))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def test_moe_layer_benchmark_quick() -> None:
+    out = run(["benchmarks/moe_layer.py", "--quick", "--repeats", "1"])
+    rows = [line for line in out.splitlines() if line.startswith("| 256 ")]
+    assert len(rows) == 6  # 2 shapes x 3 methods
+    speedups = [float(m) for m in re.findall(r"\| ([0-9.]+)x \|", out)]
+    assert speedups and all(math.isfinite(s) and s > 0 for s in speedups)
+
+
+def test_moe_kernels_benchmark_cpu_mode() -> None:
+    out = run(["benchmarks/moe_kernels.py", "--cpu"], env={"TRITON_INTERPRET": "1"})
+    assert "triton" in out and "torch" in out
+    numbers = [float(x) for x in re.findall(r"\b\d+\.\d+\b", out)]
+    assert numbers and all(math.isfinite(x) for x in numbers)
