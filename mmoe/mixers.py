@@ -98,3 +98,19 @@ class SpectralMixer(nn.Module):
                 out[:, -m1:, :m2] = torch.einsum("bxyi,xyio->bxyo", spec[:, -m1:, :m2], w[1, -m1:, :m2])
         y = torch.fft.irfftn(out, s=grid, dim=axes, norm="forward")
         return y.reshape(B, N, D).to(x.dtype)
+
+
+@register_mixer("hybrid")
+class HybridMixer(nn.Module):
+    """Spectral and attention mixing in parallel (outputs summed): global Fourier operators
+    plus content- and position-dependent routing of information between tokens."""
+
+    uses_grid = True
+
+    def __init__(self, dim: int, num_heads: int, modes: int = 8, spatial_dims: int = 2) -> None:
+        super().__init__()
+        self.spectral = SpectralMixer(dim, num_heads, modes, spatial_dims)
+        self.attention = SelfAttention(dim, num_heads)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, ...] | None = None) -> torch.Tensor:
+        return self.spectral(x, grid) + self.attention(x, grid)

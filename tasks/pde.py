@@ -110,7 +110,7 @@ class PDETask(BaseMoETask):
         patch_size, dim, depth, num_heads, hidden_dim: operator size.
         num_groups, experts_per_group, top_k: nested MoE (groups chosen per sample; inside a
             group, top-k of ``experts_per_group - 1`` routed experts plus one shared expert).
-        mixer: ``"spectral"`` or ``"attention"``. modes: Fourier modes of the spectral mixer.
+        mixer: ``"spectral"``, ``"attention"`` or ``"hybrid"`` (both). modes: Fourier modes of the spectral mixer.
         moe: False gives the dense baseline with equal active parameters.
         train_resolution: the training grid size per axis; fields on other grids are resampled to
             it and back (None: compute on whatever grid comes in).
@@ -150,7 +150,7 @@ class PDETask(BaseMoETask):
         check_positive_int("patch_size", patch_size)
         if spatial_dims not in (1, 2):
             raise ValueError(f"spatial_dims: expected 1 or 2, got {spatial_dims!r}")
-        check_choice("mixer", mixer, ("spectral", "attention"))
+        check_choice("mixer", mixer, ("spectral", "attention", "hybrid"))
         super().__init__(lr=lr, weight_decay=weight_decay, scheduler=scheduler, warmup_steps=warmup_steps,
                          aux_loss_weight=aux_loss_weight, log_routing=log_routing)
 

@@ -51,3 +51,11 @@ def test_spectral_mixer_bad_grid() -> None:
         mixer(torch.randn(1, 10, 4), (3, 3))
     with pytest.raises(ValueError, match="grid"):
         mixer(torch.randn(1, 9, 4), None)
+
+
+def test_hybrid_mixer_is_spectral_plus_attention() -> None:
+    torch.manual_seed(2)
+    mixer = MIXERS["hybrid"](dim=8, num_heads=2, modes=2, spatial_dims=2)
+    x = torch.randn(2, 12, 8)
+    expected = mixer.spectral(x, (3, 4)) + mixer.attention(x, (3, 4))
+    torch.testing.assert_close(mixer(x, (3, 4)), expected)
