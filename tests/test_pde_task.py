@@ -127,6 +127,10 @@ def test_cli_fit_test_and_load_checkpoint(tmp_path: Path) -> None:
     test_cli = cli_main(["test", "--config", str(config), "--ckpt_path", str(ckpts[-1])])
     assert "test/rel_l2" in test_cli.trainer.callback_metrics
 
+    pred_cli = cli_main(["predict", "--config", str(config), "--ckpt_path", str(ckpts[-1])])
+    predictions = pred_cli.trainer.predict_loop.predictions
+    assert predictions and predictions[0].shape[1:] == (1, 16, 16) and torch.isfinite(predictions[0]).all()
+
     model = mmoe.load(str(ckpts[-1]))
     state = torch.load(ckpts[-1], weights_only=True)["state_dict"]
     ref = PDETask(in_channels=5, spatial_dims=2, family_names=["darcy", "heat", "advection", "allen_cahn"],
