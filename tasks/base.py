@@ -9,7 +9,7 @@ A task fills in three hooks (TorchGeo style) and two methods:
 * ``task_loss(output, batch)`` returns the task's scalar loss,
 * ``update_metrics(split, output, batch)`` feeds the split's metrics,
 * optionally ``routing_classes(batch)`` (class id per sample, for the experts x class map)
-  and ``validation_figures(output, batch)`` (extra figures at validation end),
+  and ``validation_figures()`` (extra figures at validation end),
 * ``predict(...)`` for the Python inference API.
 
 The training loss is the task loss plus ``aux_loss_weight`` times the sum of the aux losses
@@ -100,8 +100,9 @@ class BaseMoETask(LightningModule):
     def class_names(self) -> list[str] | None:
         return None
 
-    def validation_figures(self, output: Any, batch: dict[str, Any]) -> dict[str, Any]:
-        """Extra matplotlib figures to log at validation end (name -> figure)."""
+    def validation_figures(self) -> dict[str, Any]:
+        """Extra matplotlib figures to log at validation end (name -> figure); tasks collect
+        what they show during ``update_metrics("val", ...)``."""
         return {}
 
     # ------------------------------------------------------------------ steps
@@ -127,8 +128,6 @@ class BaseMoETask(LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         _, output = self._shared_step("val", batch)
         self.update_metrics("val", output, batch)
-        if batch_idx == 0:
-            self._first_val = (output, batch)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         _, output = self._shared_step("test", batch)
@@ -142,10 +141,8 @@ class BaseMoETask(LightningModule):
         self._log_metrics("val")
         if self.hparams.log_routing and not self.trainer.sanity_checking:
             self._log_routing("val", figures=True)
-            first = getattr(self, "_first_val", None)
-            if first is not None:
-                for name, fig in self.validation_figures(*first).items():
-                    self._save_figure(name, fig)
+            for name, fig in self.validation_figures().items():
+                self._save_figure(name, fig)
         self._routing, self._class_routing = {}, {}
 
     def on_test_epoch_end(self) -> None:

@@ -195,6 +195,13 @@ class PDETask(BaseMoETask):
     def update_metrics(self, split: str, output: torch.Tensor, batch: dict[str, Any]) -> None:
         family = batch.get("family")
         self.split_metrics(split).update(output, batch["target"], family)
+        if split == "val":  # keep the first sample of each family for the validation figure
+            samples = self.__dict__.setdefault("_val_samples", {})
+            for i in range(output.shape[0]):
+                key = int(family[i]) if family is not None else -1
+                if key not in samples:
+                    samples[key] = tuple(t[i, 0].detach().float().cpu()
+                                         for t in (batch["input"], output, batch["target"]))
         logits = self._group_logits()
         acc = getattr(self, f"{split}_routing_acc", None)
         if acc is not None and logits and self.hparams.num_groups > 1 and family is not None and bool((family >= 0).any()):
@@ -212,29 +219,24 @@ class PDETask(BaseMoETask):
         family = batch.get("family")
         return family.clamp_min(0) if family is not None and self.hparams.family_names else None
 
-    def validation_figures(self, output: torch.Tensor, batch: dict[str, Any]) -> dict[str, Any]:
-        """Input, prediction, truth and error of one sample per family."""
+    def validation_figures(self) -> dict[str, Any]:
+        """Input, prediction, truth and |error| of the first validation sample of each family."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        family = batch.get("family")
-        names = self.class_names() or ["all"]
-        picks = []
-        for f in range(len(names)):
-            idx = (family == f).nonzero().flatten() if family is not None and self.class_names() else torch.arange(1)
-            if idx.numel():
-                picks.append((names[f], int(idx[0])))
-        if not picks:
+        samples = self.__dict__.pop("_val_samples", {})
+        if not samples:
             return {}
-        fig, axes = plt.subplots(len(picks), 4, figsize=(10, 2.4 * len(picks)), squeeze=False)
-        for row, (name, i) in enumerate(picks):
-            panels = [batch["input"][i, 0], output[i, 0].detach(), batch["target"][i, 0],
-                      (output[i, 0].detach() - batch["target"][i, 0]).abs()]
+        names = self.class_names() or []
+        fig, axes = plt.subplots(len(samples), 4, figsize=(10, 2.4 * len(samples)), squeeze=False)
+        for row, key in enumerate(sorted(samples)):
+            inp, pred, true = samples[key]
+            name = names[key] if 0 <= key < len(names) else "sample"
+            panels = [inp, pred, true, (pred - true).abs()]
             for col, (title, img) in enumerate(zip(["input", "prediction", "truth", "|error|"], panels)):
                 ax = axes[row, col]
-                img = img.float().cpu()
                 if img.ndim == 1:
                     ax.plot(img.numpy())
                 else:

@@ -147,3 +147,18 @@ def test_print_config_resolves_short_names(capsys) -> None:
     out = capsys.readouterr().out
     assert "class_path: mmoe.tasks.PDETask" in out
     assert "class_path: mmoe.datamodules.PDEDataModule" in out
+
+
+def test_validation_figure_shows_every_family() -> None:
+    torch.manual_seed(3)
+    task = PDETask(in_channels=5, spatial_dims=2, family_names=["darcy", "heat", "advection", "allen_cahn"],
+                   **(SMALL | {"num_groups": 4}))
+    for fam in ([0, 0, 1], [1, 3, 3], [2]):  # families spread over several validation batches
+        batch = {"input": torch.randn(len(fam), 5, 16, 16), "target": torch.randn(len(fam), 1, 16, 16),
+                 "family": torch.tensor(fam)}
+        task.update_metrics("val", task(batch), batch)
+    fig = task.validation_figures()["pde_samples"]
+    titles = [ax.get_title() for ax in fig.axes]
+    for name in ("darcy", "heat", "advection", "allen_cahn"):
+        assert f"{name}: prediction" in titles
+    assert task.validation_figures() == {}  # collected samples are consumed
