@@ -127,7 +127,11 @@ class MultimodalMoEBackbone(nn.Module):
             m = self.modalities.index(name)
             t = t + self.modality_embed[m].to(t.dtype)
             if positions is not None and name in positions:
-                t = t + positions[name].to(t.dtype)
+                pos = positions[name]
+                if not isinstance(pos, torch.Tensor) or pos.shape[-2:] != t.shape[-2:] or pos.ndim > 3:
+                    raise ValueError(f"positions[{name!r}]: expected a tensor broadcastable to {tuple(t.shape)}, "
+                                     f"got {getattr(pos, 'shape', type(pos).__name__)}")
+                t = t + pos.to(t.dtype)
             elif self.use_positions:
                 t = t + sinusoidal_positions(t.shape[1], self.dim, t.device).to(t.dtype)
             parts.append(t)

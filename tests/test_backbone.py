@@ -61,6 +61,8 @@ def test_bad_input() -> None:
         bb({"audio": torch.full((1, 2, 32), float("nan"))})
     with pytest.raises(TypeError, match="tokens"):
         bb(torch.randn(1, 2, 32))
+    with pytest.raises(ValueError, match=r"positions\['audio'\]"):
+        bb({"audio": torch.randn(1, 2, 32)}, positions={"audio": torch.randn(1, 3, 32)})
     with pytest.raises(ValueError, match="moe_blocks"):
         make(moe_blocks=[5])
     with pytest.raises(ValueError, match="mixer"):

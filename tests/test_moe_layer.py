@@ -152,6 +152,8 @@ def test_stats_per_modality_and_dead_experts() -> None:
         (dict(backend="cuda"), "backend"),
         (dict(capacity_mode="dynamic"), "capacity_mode"),
         (dict(num_experts=0, top_k=1), "num_experts"),
+        (dict(router="nested", num_experts=8, top_k=2, groups=3), "groups"),
+        (dict(router="nested", num_experts=8, top_k=4, groups=2), "groups"),
     ],
 )
 def test_bad_constructor_arguments(kwargs: dict, name: str) -> None:
