@@ -30,10 +30,17 @@ class MoEBlock(nn.Module):
         self.mixer = MIXERS[mixer](dim=dim, num_heads=num_heads, modes=modes, spatial_dims=spatial_dims)
         self.ffn = ffn
 
-    def forward(self, x: torch.Tensor, modality: torch.Tensor, grid: tuple[int, ...] | None = None) -> torch.Tensor:
-        x = x + self.mixer(self.norm1(x), grid)
+    def forward(self, x: torch.Tensor, modality: torch.Tensor, grid: tuple[int, ...] | None = None,
+                attn_mask: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """``keep``: flat indices of the real (non-padding) tokens; only they reach the FFN."""
+        x = x + self.mixer(self.norm1(x), grid, attn_mask)
         h = self.norm2(x)
-        return x + (self.ffn(h, modality) if isinstance(self.ffn, MoELayer) else self.ffn(h))
+        if keep is None:
+            return x + (self.ffn(h, modality) if isinstance(self.ffn, MoELayer) else self.ffn(h))
+        flat = h.reshape(-1, h.shape[-1]).index_select(0, keep)
+        out = self.ffn(flat, modality.reshape(-1).index_select(0, keep)) if isinstance(self.ffn, MoELayer) else self.ffn(flat)
+        y = torch.zeros_like(h).reshape(-1, h.shape[-1]).index_copy(0, keep, out.to(h.dtype))
+        return x + y.view_as(h)
 
 
 class MultimodalMoEBackbone(nn.Module):
@@ -43,7 +50,11 @@ class MultimodalMoEBackbone(nn.Module):
     subset of ``modalities``), adds a learned modality embedding and positions (sinusoidal
     over each modality's token index, or the task's own ``positions[name]`` broadcastable to
     ``[B, N_m, dim]``), runs ``depth`` blocks with modality ids passed to the MoE layers, and
-    returns the tokens split back per modality. ``grid`` (the spatial token grid, e.g.
+    returns the tokens split back per modality. ``mask[name] [B, N_m]`` (bool, True = real token)
+    marks padding: padded tokens are attended by nobody and never routed (the valid tokens are
+    gathered once per forward -- one host sync -- so capacity counts real tokens only; this needs a
+    token-level router). With ``cross_modal_attention=False`` tokens attend only to tokens of
+    their own modality (unimodal encoders that still share the MoE FFNs). ``grid`` (the spatial token grid, e.g.
     ``(8, 8)``) is handed to grid-aware mixers such as ``"spectral"``.
 
     ``moe_blocks`` lists the block indices that use a :class:`MoELayer` (None: all); the
@@ -76,6 +87,7 @@ class MultimodalMoEBackbone(nn.Module):
         spatial_dims: int = 2,
         positions: bool = True,
         dense_hidden_dim: int | None = None,
+        cross_modal_attention: bool = True,
     ) -> None:
         super().__init__()
         if not modalities or len(set(modalities)) != len(modalities):
@@ -87,6 +99,7 @@ class MultimodalMoEBackbone(nn.Module):
         if not moe_set <= set(range(depth)):
             raise ValueError(f"moe_blocks: expected indices in [0, {depth}), got {moe_blocks!r}")
         self.modalities, self.dim, self.use_positions = list(modalities), dim, positions
+        self.cross_modal_attention, self.router = cross_modal_attention, router
         self.modality_embed = nn.Parameter(torch.zeros(len(modalities), dim))
         nn.init.normal_(self.modality_embed, std=0.02)
         blocks = []
@@ -110,6 +123,7 @@ class MultimodalMoEBackbone(nn.Module):
         tokens: dict[str, torch.Tensor],
         positions: dict[str, torch.Tensor] | None = None,
         grid: tuple[int, ...] | None = None,
+        mask: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         if not isinstance(tokens, dict) or not tokens:
             raise TypeError(f"tokens: expected a non-empty dict of modality name -> tensor, got {type(tokens).__name__}")
@@ -137,8 +151,37 @@ class MultimodalMoEBackbone(nn.Module):
             parts.append(t)
             ids.append(torch.full(t.shape[:2], m, dtype=torch.long, device=t.device))
         x, modality = torch.cat(parts, dim=1), torch.cat(ids, dim=1)
+        attn_mask, keep = self._masks(names, tokens, mask, modality)
         for block in self.blocks:
-            x = block(x, modality, grid)
+            x = block(x, modality, grid, attn_mask, keep)
         x = self.norm(x)
         sizes = [tokens[n].shape[1] for n in names]
         return dict(zip(names, x.split(sizes, dim=1)))
+
+    def _masks(self, names: list[str], tokens: dict[str, torch.Tensor], mask: dict[str, torch.Tensor] | None,
+               modality: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Attention mask ``[B, 1, N, N]`` and flat indices of the real tokens (None when unused)."""
+        if mask is None and self.cross_modal_attention:
+            return None, None
+        valid_parts = []
+        for name in names:
+            t = tokens[name]
+            m = None if mask is None else mask.get(name)
+            if m is None:
+                m = torch.ones(t.shape[:2], dtype=torch.bool, device=t.device)
+            elif not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.shape != t.shape[:2]:
+                raise ValueError(f"mask[{name!r}]: expected a bool tensor of shape {tuple(t.shape[:2])}, "
+                                 f"got {getattr(m, 'dtype', type(m).__name__)} {tuple(getattr(m, 'shape', ()))}")
+            valid_parts.append(m)
+        valid = torch.cat(valid_parts, dim=1)  # [B, N]
+        N = valid.shape[1]
+        attend = valid[:, None, :].expand(-1, N, -1)
+        if not self.cross_modal_attention:
+            attend = attend & (modality[:, :, None] == modality[:, None, :])
+        attend = attend | torch.eye(N, dtype=torch.bool, device=valid.device)  # no empty rows
+        keep = None
+        if mask is not None:
+            if self.router in ("sample", "nested", "soft"):
+                raise ValueError(f"mask: padding masks need a token-level router, got router={self.router!r}")
+            keep = valid.reshape(-1).nonzero().squeeze(1)
+        return attend.unsqueeze(1), keep

@@ -1,7 +1,9 @@
 """Token mixers of the backbone blocks, selectable by name through :data:`MIXERS`.
 
 A mixer is built as ``cls(dim=, num_heads=, modes=, spatial_dims=)`` and called as
-``mixer(x [B, N, dim], grid)``, where ``grid`` is the spatial token grid (or None).
+``mixer(x [B, N, dim], grid, attn_mask=None)``, where ``grid`` is the spatial token grid (or None)
+and ``attn_mask [B, 1, N, N]`` (bool, True = may attend) restricts attention; mixers that do
+not attend ignore it.
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, ...] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: tuple[int, ...] | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, N, D = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v) if N else q
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask) if N else q
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
@@ -51,7 +54,8 @@ class NoMixer(nn.Module):
     def __init__(self, dim: int, num_heads: int, modes: int = 0, spatial_dims: int = 0) -> None:
         super().__init__()
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, ...] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: tuple[int, ...] | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         return torch.zeros_like(x)
 
 
@@ -79,7 +83,8 @@ class SpectralMixer(nn.Module):
         # real view of complex weights (safetensors and every optimizer handle real tensors)
         self.weight = nn.Parameter(torch.randn(*shape, dim, dim, 2) / (dim * 2**0.5))
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, ...] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: tuple[int, ...] | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, N, D = x.shape
         if grid is None or len(grid) != self.spatial_dims or N != torch.Size(grid).numel():
             raise ValueError(f"grid: expected {self.spatial_dims} dims whose product is N={N}, got {grid}")
@@ -112,5 +117,6 @@ class HybridMixer(nn.Module):
         self.spectral = SpectralMixer(dim, num_heads, modes, spatial_dims)
         self.attention = SelfAttention(dim, num_heads)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, ...] | None = None) -> torch.Tensor:
-        return self.spectral(x, grid) + self.attention(x, grid)
+    def forward(self, x: torch.Tensor, grid: tuple[int, ...] | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.spectral(x, grid) + self.attention(x, grid, attn_mask)

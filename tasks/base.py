@@ -151,7 +151,7 @@ class BaseMoETask(LightningModule):
 
     def _log_metrics(self, split: str) -> None:
         metric = self.split_metrics(split)
-        if metric is None or not metric.update_called:
+        if metric is None or not _updated(metric):
             return
         values = metric.compute()
         values = values if isinstance(values, dict) else {type(metric).__name__: values}
@@ -280,6 +280,13 @@ class BaseMoETask(LightningModule):
     # -------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mmoe_class_path"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+
+def _updated(metric: Any) -> bool:
+    """Whether a Metric (or any metric of a MetricCollection) has seen an update."""
+    if hasattr(metric, "values") and not hasattr(metric, "update_called"):
+        return any(m.update_called for m in metric.values())
+    return bool(metric.update_called)
 
 
 def _batch_size(batch: dict[str, Any]) -> int:

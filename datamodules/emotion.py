@@ -1,0 +1,168 @@
+"""EmotionDataModule: emotion recognition in conversations (speech + text).
+
+``dataset="synthetic"`` (the default) generates conversations of raw audio and text
+(:mod:`mmoe.datamodules.emotion_synthetic`, no download); ``"iemocap"`` and ``"meld"`` read the
+real datasets from ``root`` (:mod:`mmoe.datamodules.emotion_readers`). Splits are by
+conversation. A batch holds ``batch_size`` conversations in the layout of
+:mod:`mmoe.conversation`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from mmoe.conversation import SAMPLE_RATE, collate_conversations, prepare_audio
+from mmoe.datamodules.emotion_readers import IEMOCAP_CLASSES, MELD_CLASSES, read_iemocap, read_meld
+from mmoe.datamodules.emotion_synthetic import CLASSES, UTTERANCE_TYPES, generate_conversations
+from mmoe.validation import check_choice, check_positive_int
+
+DATASETS = ("synthetic", "iemocap", "meld")
+
+
+class ConversationDataset(Dataset):
+    """Conversations (lists of utterance dicts); audio is loaded and resampled on access
+    when it is a path, and kept as int16 in memory when generated."""
+
+    def __init__(self, conversations: list[list[dict]], sample_rate: int, max_seconds: float | None) -> None:
+        self.conversations, self.sample_rate, self.max_seconds = conversations, sample_rate, max_seconds
+
+    def __len__(self) -> int:
+        return len(self.conversations)
+
+    def __getitem__(self, i: int) -> list[dict]:
+        out = []
+        for utt in self.conversations[i]:
+            audio = utt["audio"]
+            if isinstance(audio, np.ndarray) and audio.dtype == np.int16:
+                audio = torch.from_numpy(audio.astype(np.float32) / 32767.0)
+            else:
+                audio = prepare_audio(audio, utt.get("sample_rate"), self.sample_rate, self.max_seconds,
+                                      name=f"{utt.get('id', 'utterance')} audio")
+            out.append({**utt, "audio": audio[: int(self.max_seconds * self.sample_rate)] if self.max_seconds else audio,
+                        "sample_rate": self.sample_rate})
+        return out
+
+
+def _windows(conversations: list[list[dict]], max_turns: int | None) -> list[list[dict]]:
+    if max_turns is None:
+        return conversations
+    return [c[i: i + max_turns] for c in conversations for i in range(0, len(c), max_turns)]
+
+
+class EmotionDataModule(LightningDataModule):
+    """Conversations for emotion recognition; see the module docstring.
+
+    Args:
+        dataset: ``"synthetic"``, ``"iemocap"`` (sessions 1-4 train, 5 test) or ``"meld"``
+            (its train/dev/test splits).
+        root: dataset folder for the real datasets.
+        num_conversations: synthetic conversations in all splits together.
+        val_fraction, test_fraction: synthetic split fractions (by conversation); for IEMOCAP
+            ``val_fraction`` of the training dialogs is held out for validation.
+        min_turns, max_turns_generated: synthetic conversation lengths.
+        max_turns: cut longer conversations into windows of this many utterances (None: keep).
+        max_seconds: crop each utterance's audio to this length.
+        context_length: text tokens per utterance (open_clip BPE, start/end included).
+        batch_size: conversations per batch. num_workers: DataLoader workers. seed: generation
+            and split seed.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "synthetic",
+        root: str | None = None,
+        num_conversations: int = 1000,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        min_turns: int = 6,
+        max_turns_generated: int = 12,
+        max_turns: int | None = None,
+        max_seconds: float | None = 10.0,
+        context_length: int = 16,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check_choice("dataset", dataset, DATASETS)
+        check_positive_int("num_conversations", num_conversations)
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("context_length", context_length)
+        if dataset != "synthetic" and root is None:
+            raise ValueError(f"root: expected the {dataset} folder for dataset={dataset!r}, got None")
+        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise ValueError(f"val_fraction/test_fraction: expected fractions summing to < 1, got {val_fraction}, {test_fraction}")
+        if not 1 <= min_turns <= max_turns_generated:
+            raise ValueError(f"min_turns/max_turns_generated: expected 1 <= min <= max, got {min_turns}, {max_turns_generated}")
+        if max_turns is not None:
+            check_positive_int("max_turns", max_turns)
+        self.save_hyperparameters()
+        self.class_names = list({"synthetic": CLASSES, "iemocap": IEMOCAP_CLASSES, "meld": MELD_CLASSES}[dataset])
+        self.type_names = list(UTTERANCE_TYPES) if dataset == "synthetic" else []
+        self.splits: dict[str, list[list[dict]]] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _split(self, conversations: list, fraction_val: float, fraction_test: float) -> tuple[list, list, list]:
+        order = np.random.default_rng(self.hparams.seed + 1).permutation(len(conversations))
+        n_test = int(round(fraction_test * len(conversations)))
+        n_val = int(round(fraction_val * len(conversations)))
+        pick = lambda idx: [conversations[i] for i in sorted(idx)]  # noqa: E731
+        return pick(order[n_test + n_val:]), pick(order[n_test: n_test + n_val]), pick(order[:n_test])
+
+    def prepare_splits(self) -> dict[str, list[list[dict]]]:
+        """Generate or read the train/val/test conversations (once)."""
+        if self.splits:
+            return self.splits
+        hp = self.hparams
+        if hp.dataset == "synthetic":
+            convs = generate_conversations(hp.num_conversations, hp.seed, hp.min_turns, hp.max_turns_generated)
+            for conv in convs:  # int16 in memory, like a wav file
+                for utt in conv:
+                    utt["audio"] = np.round(utt["audio"] * 32767).astype(np.int16)
+            train, val, test = self._split(convs, hp.val_fraction, hp.test_fraction)
+        elif hp.dataset == "iemocap":
+            train_val = read_iemocap(hp.root, [1, 2, 3, 4])
+            train, val, _ = self._split(train_val, hp.val_fraction, 0.0)
+            test = read_iemocap(hp.root, [5])
+        else:
+            train, val, test = (read_meld(hp.root, s) for s in ("train", "dev", "test"))
+        self.splits = {k: _windows(v, hp.max_turns) for k, v in (("train", train), ("val", val), ("test", test))}
+        return self.splits
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_splits()
+
+    def dataset(self, split: str) -> ConversationDataset:
+        check_choice("split", split, ("train", "val", "test"))
+        return ConversationDataset(self.prepare_splits()[split], SAMPLE_RATE, self.hparams.max_seconds)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        collate = partial(_collate, context_length=hp.context_length)
+        return DataLoader(self.dataset(split), batch_size=hp.batch_size, shuffle=shuffle, collate_fn=collate,
+                          num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+
+def _collate(conversations: list[list[dict]], context_length: int) -> dict[str, Any]:
+    return collate_conversations(conversations, context_length, SAMPLE_RATE)
