@@ -32,3 +32,13 @@ def test_moe_kernels_benchmark_cpu_mode() -> None:
     assert "triton" in out and "torch" in out
     numbers = [float(x) for x in re.findall(r"\b\d+\.\d+\b", out)]
     assert numbers and all(math.isfinite(x) for x in numbers)
+
+
+def test_macs_benchmark_smoke(tmp_path: Path) -> None:
+    out = run(["benchmarks/macs.py", "--smoke", "--out", str(tmp_path / "macs.json")])
+    rows = [line for line in out.splitlines() if re.match(r"\| (dropless|static|macs) \|", line)]
+    assert len(rows) == 5  # dropless + 2 factors x 2 modes
+    # binding capacity drops pairs of both modalities; dropless drops none
+    assert "| dropless | - |" in rows[0] and rows[0].count("| 0.0% |") == 2
+    assert all("0.0%" not in r.split("|")[6] for r in rows[1:])
+    assert "smallest cf keeping" in out
