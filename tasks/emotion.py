@@ -1,7 +1,7 @@
 """Emotion recognition in conversations on the shared MoE backbone (after MiSTER-E).
 
 Per utterance, speech tokens (torchaudio log-mel frames, patched) and text tokens (open_clip
-BPE ids, learned embeddings) go with their modality ids into a unimodal MoE encoder (attention
+BPE ids; learned embeddings, or optionally open_clip's frozen text transformer) go with their modality ids into a unimodal MoE encoder (attention
 within each modality, MoE FFNs shared by both, so capacity and MACS see the modality mix) and
 a cross-modal MoE block (attention across modalities). Three experts read it: a speech
 expert (pooled speech tokens), a text expert (pooled text tokens) and a cross-modal expert
@@ -88,6 +88,38 @@ class ConversationContext(nn.Module):
         return self.norm(x + self.out(ctx))
 
 
+class OpenCLIPTextTokens(nn.Module):
+    """Per-token features of an open_clip text transformer (frozen), projected to ``dim``.
+
+    ``pretrained`` names open_clip weights (downloaded by open_clip on first use, so optional);
+    None builds the architecture with random weights.
+    """
+
+    def __init__(self, model_name: str, pretrained: str | None, dim: int) -> None:
+        super().__init__()
+        import open_clip
+
+        clip = open_clip.create_model(model_name, pretrained=pretrained)
+        if not hasattr(clip, "token_embedding"):
+            raise ValueError(f"text_encoder: expected an open_clip model with a built-in text transformer "
+                             f"(e.g. 'ViT-B-32'), got {model_name!r}")
+        self.token_embedding, self.transformer, self.ln_final = clip.token_embedding, clip.transformer, clip.ln_final
+        self.register_buffer("positional_embedding", clip.positional_embedding.detach().clone())
+        self.register_buffer("causal_mask", clip.attn_mask.clone() if clip.attn_mask is not None else None)
+        for p in [*self.token_embedding.parameters(), *self.transformer.parameters(), *self.ln_final.parameters()]:
+            p.requires_grad_(False)
+        self.proj = nn.Linear(self.ln_final.normalized_shape[0], dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        L = ids.shape[1]
+        if L > self.positional_embedding.shape[0]:
+            raise ValueError(f"context_length: the text encoder takes <= {self.positional_embedding.shape[0]} tokens, got {L}")
+        x = self.token_embedding(ids) + self.positional_embedding[:L]
+        mask = None if self.causal_mask is None else self.causal_mask[:L, :L]
+        x = self.ln_final(self.transformer(x, attn_mask=mask))
+        return self.proj(x)
+
+
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     w = mask.to(x.dtype).unsqueeze(-1)
     return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
@@ -99,14 +131,16 @@ class ConversationEmotionModel(nn.Module):
 
     def __init__(self, num_classes: int, modalities: list[str], dim: int, depth: int, fusion_depth: int,
                  num_heads: int, hidden_dim: int, num_experts: int, top_k: int, capacity_factor: float | None,
-                 capacity_mode: str, n_mels: int, patch: int, dropout: float) -> None:
+                 capacity_mode: str, n_mels: int, patch: int, dropout: float, text_encoder: str | None = None,
+                 text_pretrained: str | None = None) -> None:
         super().__init__()
         self.modalities = list(modalities)
         self.experts = self.modalities + (["cross"] if len(self.modalities) == 2 and fusion_depth > 0 else [])
         if "speech" in self.modalities:
             self.speech_embed = LogMelPatches(dim, n_mels, patch)
         if "text" in self.modalities:
-            self.text_embed = nn.Embedding(TEXT_VOCAB, dim, padding_idx=0)
+            self.text_embed = (OpenCLIPTextTokens(text_encoder, text_pretrained, dim) if text_encoder
+                               else nn.Embedding(TEXT_VOCAB, dim, padding_idx=0))
         common = dict(dim=dim, num_heads=num_heads, hidden_dim=hidden_dim, num_experts=num_experts, top_k=top_k,
                       capacity_factor=capacity_factor, capacity_mode=capacity_mode, mixer="attention")
         self.encoder = MultimodalMoEBackbone(self.modalities, depth=depth, cross_modal_attention=False, **common)
@@ -149,6 +183,10 @@ class EmotionTask(BaseMoETask):
         capacity_factor, capacity_mode: MoE capacity (None: dropless) and ``"macs"``/``"static"``.
         n_mels, patch: log-mel bands and frames per speech token.
         context_length: text tokens per utterance (start/end included) used by ``predict``.
+        text_encoder: an open_clip model name (e.g. ``"ViT-B-32"``) whose frozen text transformer
+            encodes the text tokens; None (default): learned token embeddings.
+            ``text_pretrained``: its open_clip weights tag (e.g. ``"openai"``; downloads on first
+            use, so off by default).
         loss: ``"ce"`` or ``"focal"`` (with ``focal_gamma``); ``class_weights``: per-class loss weights.
         expert_loss_weight: weight of the mean per-expert loss.
         cross_gate_cost: added to the loss times the mean gate weight of the cross-modal expert:
@@ -174,6 +212,8 @@ class EmotionTask(BaseMoETask):
         n_mels: int = 64,
         patch: int = 8,
         context_length: int = 16,
+        text_encoder: str | None = None,
+        text_pretrained: str | None = None,
         loss: str = "ce",
         focal_gamma: float = 2.0,
         class_weights: list[float] | None = None,
@@ -208,7 +248,8 @@ class EmotionTask(BaseMoETask):
         hp = self.hparams
         self.model = ConversationEmotionModel(
             len(self._names), self._mods, hp.dim, hp.depth, hp.fusion_depth, hp.num_heads, hp.hidden_dim,
-            hp.num_experts, hp.top_k, hp.capacity_factor, hp.capacity_mode, hp.n_mels, hp.patch, hp.dropout)
+            hp.num_experts, hp.top_k, hp.capacity_factor, hp.capacity_mode, hp.n_mels, hp.patch, hp.dropout,
+            hp.text_encoder, hp.text_pretrained)
 
     def configure_losses(self) -> None:
         weights = self.hparams.class_weights

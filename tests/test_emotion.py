@@ -246,3 +246,30 @@ def test_print_config_resolves_short_names(capsys) -> None:
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "class_path: mmoe.tasks.EmotionTask" in out
+
+
+def test_optional_open_clip_text_encoder_runs_without_download() -> None:
+    """The open_clip text transformer (random weights here: no download) feeds the text tokens."""
+    torch.manual_seed(0)
+    task = EmotionTask(text_encoder="ViT-B-32", **SMALL)
+    batch = collate_conversations([[dict(u, label=1) for u in _conversation(6, 2)]], 16)
+    out = task(batch)
+    assert out["logits"].shape == (2, 6)
+    task.task_loss(out, batch).backward()
+    enc = task.model.text_embed
+    assert enc.proj.weight.grad is not None and all(p.grad is None for p in enc.transformer.parameters())
+
+
+@pytest.mark.parametrize("name", ["mister_e", "speech_only", "text_only", "iemocap", "meld"])
+def test_shipped_configs_parse(name: str, capsys) -> None:
+    config = Path(__file__).resolve().parents[1] / "configs" / "emotion" / f"{name}.yaml"
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["fit", "--config", str(config), "--print_config"])
+    assert exc.value.code == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    names = cfg["model"]["init_args"]["class_names"] or list(CLASSES)
+    dataset = cfg["data"]["init_args"]["dataset"]
+    from mmoe.datamodules.emotion_readers import IEMOCAP_CLASSES, MELD_CLASSES
+
+    # the head's classes are the data's classes, in label order
+    assert tuple(names) == {"synthetic": CLASSES, "iemocap": IEMOCAP_CLASSES, "meld": MELD_CLASSES}[dataset]

@@ -45,3 +45,21 @@ def test_pde_release_solves_new_problems(zoo_env: Path, family: str, resolution:
     rel = np.linalg.norm((pred - data["target"]).reshape(6, -1), axis=1) / np.linalg.norm(
         data["target"].reshape(6, -1), axis=1)
     assert rel.mean() < bound, rel
+
+
+def test_emotion_release_predicts_new_conversations(zoo_env: Path) -> None:
+    """Fresh conversations (a seed the training never used), through the public predict API."""
+    from mmoe.datamodules.emotion_synthetic import CLASSES, UTTERANCE_TYPES, generate_conversations
+
+    assert "emotion-mister-e" in [m["name"] for m in mmoe.list_models()]
+    model = mmoe.load("emotion-mister-e")
+    hits, gates = [], {t: [] for t in UTTERANCE_TYPES}
+    for conv in generate_conversations(12, seed=4242):
+        out = model.predict([{"audio": u["audio"], "sample_rate": u["sample_rate"], "text": u["text"]} for u in conv])
+        for u, r in zip(conv, out):
+            hits.append(r["label"] == CLASSES[u["label"]])
+            gates[UTTERANCE_TYPES[u["type"]]].append(r["gate"])
+    assert np.mean(hits) > 0.85, np.mean(hits)
+    # on text-cued utterances the gate trusts the text expert more than the speech expert
+    text_gate = {e: np.mean([g[e] for g in gates["text"]]) for e in ("speech", "text")}
+    assert text_gate["text"] > text_gate["speech"], text_gate
