@@ -141,14 +141,15 @@ class EmotionDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.prepare_splits()
 
-    def dataset(self, split: str) -> ConversationDataset:
+    def split_dataset(self, split: str) -> ConversationDataset:
+        """The conversations of ``split`` as a Dataset."""
         check_choice("split", split, ("train", "val", "test"))
         return ConversationDataset(self.prepare_splits()[split], SAMPLE_RATE, self.hparams.max_seconds)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         hp = self.hparams
         collate = partial(_collate, context_length=hp.context_length)
-        return DataLoader(self.dataset(split), batch_size=hp.batch_size, shuffle=shuffle, collate_fn=collate,
+        return DataLoader(self.split_dataset(split), batch_size=hp.batch_size, shuffle=shuffle, collate_fn=collate,
                           num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
