@@ -14,6 +14,9 @@ Buffers that a kernel must write completely are poisoned (NaN, or -1 for integer
 import os
 import sys
 
+# triton reads TRITON_INTERPRET when it is imported: if another test module imported it before
+# this module set the variable, the kernels here cannot run in this process (rerun below)
+_TRITON_EARLY = "triton" in sys.modules and "TRITON_INTERPRET" not in os.environ
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import subprocess  # noqa: E402
@@ -29,7 +32,7 @@ WANT_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _already = "mmoe.kernels.triton_tuning" in sys.modules
 from mmoe.kernels import triton_tuning  # noqa: E402
 
-MISMATCH = _already and triton_tuning.INTERPRET != WANT_INTERPRET
+MISMATCH = (_already and triton_tuning.INTERPRET != WANT_INTERPRET) or (_TRITON_EARLY and WANT_INTERPRET)
 DEVICE = "cuda" if (not WANT_INTERPRET and torch.cuda.is_available()) else "cpu"
 RUNNABLE = not MISMATCH and (WANT_INTERPRET or DEVICE == "cuda")
 needs_triton = pytest.mark.skipif(not RUNNABLE, reason="triton kernels not runnable here "
