@@ -209,3 +209,35 @@ def test_meld_bad_split_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / "train_wav").rmdir()
     with pytest.raises(FileNotFoundError, match="train_wav"):
         read_meld(tmp_path, "train")
+
+
+def test_datamodule_reads_meld_and_iemocap_layouts_into_model_batches(tmp_path: Path, iemocap: Path) -> None:
+    import torch
+
+    from mmoe.datamodules import EmotionDataModule
+    from mmoe.tasks import EmotionTask
+
+    meld = tmp_path / "meld"
+    meld.mkdir()
+    for split, dia in (("train", 0), ("dev", 1), ("test", 2)):
+        _write_meld(meld, split, [(dia, 0, "Ross", "joy", "Hi!"), (dia, 1, "Rachel", "disgust", "Ew."),
+                                  (dia + 10, 0, "Joey", "fear", "How you doin'?")])
+    dm = EmotionDataModule(dataset="meld", root=str(meld), batch_size=2)
+    assert dm.num_classes == 7 and dm.class_names == list(MELD_CLASSES)
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["labels"].tolist() == [[MELD_CLASSES.index("joy"), MELD_CLASSES.index("disgust")],
+                                        [MELD_CLASSES.index("fear"), -1]]
+    assert batch["audio_lengths"].tolist() == [int(0.2 * RATE)] * 3
+    task = EmotionTask(class_names=list(MELD_CLASSES), dim=16, depth=1, num_heads=2, hidden_dim=16, num_experts=4,
+                       n_mels=16)
+    out = task(batch)
+    assert out["logits"].shape == (3, 7) and torch.isfinite(task.task_loss(out, batch))
+
+    for session in (3, 4, 5):  # sessions 1-4 train (+ val), 5 test
+        _write_iemocap_dialog(iemocap, session, f"Ses0{session}F_impro01", [(f"Ses0{session}F_impro01_F000", 1.0, "hap", "Great.")])
+    dm = EmotionDataModule(dataset="iemocap", root=str(iemocap), batch_size=8, val_fraction=0.0, max_turns=2)
+    splits = dm.prepare_splits()
+    assert [u["id"] for c in splits["test"] for u in c] == ["Ses05F_impro01_F000"]
+    assert all(len(c) <= 2 for c in splits["train"])  # long dialogs cut into windows of max_turns
+    train_ids = [u["id"] for c in splits["train"] for u in c]
+    assert "Ses01F_impro01_M002" in train_ids and not any(i.startswith("Ses05") for i in train_ids)
