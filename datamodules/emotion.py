@@ -10,14 +10,12 @@ conversation. A batch holds ``batch_size`` conversations in the layout of
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
-
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from mmoe.conversation import SAMPLE_RATE, collate_conversations, prepare_audio
+from mmoe.conversation import SAMPLE_RATE, collate_conversations
 from mmoe.datamodules.emotion_readers import IEMOCAP_CLASSES, MELD_CLASSES, read_iemocap, read_meld
 from mmoe.datamodules.emotion_synthetic import CLASSES, UTTERANCE_TYPES, generate_conversations
 from mmoe.validation import check_choice, check_positive_int
@@ -26,11 +24,12 @@ DATASETS = ("synthetic", "iemocap", "meld")
 
 
 class ConversationDataset(Dataset):
-    """Conversations (lists of utterance dicts); audio is loaded and resampled on access
-    when it is a path, and kept as int16 in memory when generated."""
+    """Conversations (lists of utterance dicts). Generated audio is kept as int16 in memory and
+    returned as float; paths and arrays are read, checked and resampled by the collate function
+    (:func:`mmoe.conversation.collate_conversations`)."""
 
-    def __init__(self, conversations: list[list[dict]], sample_rate: int, max_seconds: float | None) -> None:
-        self.conversations, self.sample_rate, self.max_seconds = conversations, sample_rate, max_seconds
+    def __init__(self, conversations: list[list[dict]]) -> None:
+        self.conversations = conversations
 
     def __len__(self) -> int:
         return len(self.conversations)
@@ -41,11 +40,7 @@ class ConversationDataset(Dataset):
             audio = utt["audio"]
             if isinstance(audio, np.ndarray) and audio.dtype == np.int16:
                 audio = torch.from_numpy(audio.astype(np.float32) / 32767.0)
-            else:
-                audio = prepare_audio(audio, utt.get("sample_rate"), self.sample_rate, self.max_seconds,
-                                      name=f"{utt.get('id', 'utterance')} audio")
-            out.append({**utt, "audio": audio[: int(self.max_seconds * self.sample_rate)] if self.max_seconds else audio,
-                        "sample_rate": self.sample_rate})
+            out.append({**utt, "audio": audio})
         return out
 
 
@@ -102,6 +97,8 @@ class EmotionDataModule(LightningDataModule):
             raise ValueError(f"min_turns/max_turns_generated: expected 1 <= min <= max, got {min_turns}, {max_turns_generated}")
         if max_turns is not None:
             check_positive_int("max_turns", max_turns)
+        if max_seconds is not None and not max_seconds > 0:
+            raise ValueError(f"max_seconds: expected None or > 0 seconds, got {max_seconds!r}")
         self.save_hyperparameters()
         self.class_names = list({"synthetic": CLASSES, "iemocap": IEMOCAP_CLASSES, "meld": MELD_CLASSES}[dataset])
         self.type_names = list(UTTERANCE_TYPES) if dataset == "synthetic" else []
@@ -144,11 +141,12 @@ class EmotionDataModule(LightningDataModule):
     def split_dataset(self, split: str) -> ConversationDataset:
         """The conversations of ``split`` as a Dataset."""
         check_choice("split", split, ("train", "val", "test"))
-        return ConversationDataset(self.prepare_splits()[split], SAMPLE_RATE, self.hparams.max_seconds)
+        return ConversationDataset(self.prepare_splits()[split])
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         hp = self.hparams
-        collate = partial(_collate, context_length=hp.context_length)
+        collate = partial(collate_conversations, context_length=hp.context_length, sample_rate=SAMPLE_RATE,
+                          max_seconds=hp.max_seconds)
         return DataLoader(self.split_dataset(split), batch_size=hp.batch_size, shuffle=shuffle, collate_fn=collate,
                           num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
 
@@ -164,6 +162,3 @@ class EmotionDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", False)
 
-
-def _collate(conversations: list[list[dict]], context_length: int) -> dict[str, Any]:
-    return collate_conversations(conversations, context_length, SAMPLE_RATE)

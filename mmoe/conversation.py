@@ -102,7 +102,7 @@ def check_conversation(conversation: Any, name: str = "conversation") -> list[di
 def collate_conversations(conversations: Sequence[Sequence[dict]], context_length: int,
                           sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> dict[str, torch.Tensor]:
     """Batch of conversations (see the module docstring). Utterance dicts may carry ``label``
-    and ``type``; ``audio`` may be an already prepared tensor at ``sample_rate``."""
+    and ``type``; each ``audio`` goes through :func:`prepare_audio`."""
     B = len(conversations)
     U = max((len(c) for c in conversations), default=0)
     labels = torch.full((B, U), -1, dtype=torch.long)
@@ -114,11 +114,9 @@ def collate_conversations(conversations: Sequence[Sequence[dict]], context_lengt
             index[b, u] = len(waves)
             labels[b, u] = int(utt.get("label", -1))
             types[b, u] = int(utt.get("type", -1))
-            audio = utt["audio"]
-            if not (isinstance(audio, torch.Tensor) and utt.get("sample_rate") in (None, sample_rate)):
-                audio = prepare_audio(audio, utt.get("sample_rate"), sample_rate, max_seconds,
-                                      name=f"conversation[{u}]['audio']")
-            waves.append(audio)
+            # every utterance is checked (and resampled when needed): cheap for 1-D tensors
+            waves.append(prepare_audio(utt["audio"], utt.get("sample_rate"), sample_rate, max_seconds,
+                                       name=f"conversation[{u}]['audio']"))
             texts.append(utt["text"])
     lengths = torch.tensor([w.numel() for w in waves], dtype=torch.long)
     S = int(lengths.max()) if len(waves) else 0

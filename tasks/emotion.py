@@ -237,6 +237,14 @@ class EmotionTask(BaseMoETask):
                             ("n_mels", n_mels), ("context_length", context_length)):
             check_positive_int(name, value)
         check_choice("loss", loss, LOSSES)
+        if isinstance(fusion_depth, bool) or not isinstance(fusion_depth, int) or fusion_depth < 0:
+            raise ValueError(f"fusion_depth: expected an int >= 0, got {fusion_depth!r}")
+        for name, value in (("focal_gamma", focal_gamma), ("expert_loss_weight", expert_loss_weight),
+                            ("cross_gate_cost", cross_gate_cost)):
+            if not value >= 0:
+                raise ValueError(f"{name}: expected >= 0, got {value!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
         if class_weights is not None and (len(class_weights) != len(names) or min(class_weights) < 0):
             raise ValueError(f"class_weights: expected {len(names)} non-negative weights, got {class_weights!r}")
         self._names, self._mods = names, mods

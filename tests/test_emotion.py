@@ -172,6 +172,9 @@ def test_predict_api(tmp_path: Path) -> None:
     ([{"audio": np.zeros(10, np.float32), "sample_rate": 16000, "text": 3}], TypeError, "text"),
     ([{"audio": np.zeros(10, np.float32), "sample_rate": -5, "text": "x"}], ValueError, "sample_rate"),
     ([{"text": "x"}], ValueError, "audio"),
+    ([{"audio": torch.zeros(10), "text": "x"}], ValueError, "sample_rate"),  # tensors need a rate too
+    ([{"audio": torch.full((10,), float("nan")), "sample_rate": 16000, "text": "x"}], ValueError, "NaN"),
+    ([{"audio": torch.zeros(10, dtype=torch.int64), "sample_rate": 16000, "text": "x"}], TypeError, "floating"),
 ])
 def test_predict_rejects_bad_input(conversation, error, match) -> None:
     task = EmotionTask(**SMALL)
@@ -186,6 +189,24 @@ def test_bad_task_arguments() -> None:
         EmotionTask(class_weights=[1.0, 2.0])
     with pytest.raises(ValueError, match="loss"):
         EmotionTask(loss="hinge")
+    for name, value in (("fusion_depth", -1), ("focal_gamma", -1.0), ("cross_gate_cost", -0.1),
+                        ("expert_loss_weight", float("nan")), ("dropout", 1.0)):
+        with pytest.raises(ValueError, match=name):
+            EmotionTask(**{name: value})
+    with pytest.raises(ValueError, match="max_seconds"):
+        EmotionDataModule(max_seconds=0)
+
+
+def test_cross_gate_cost_adds_the_cross_experts_mean_gate_weight() -> None:
+    torch.manual_seed(0)
+    batch = collate_conversations([[dict(u, label=i % 6) for i, u in enumerate(_conversation(8, 4))]], 16)
+    free = EmotionTask(**SMALL, dropout=0.0).eval()
+    costly = EmotionTask(**SMALL, dropout=0.0, cross_gate_cost=0.3).eval()
+    costly.load_state_dict(free.state_dict())
+    out = free(batch)
+    extra = costly.task_loss(out, batch) - free.task_loss(out, batch)
+    cross = free.model.experts.index("cross")
+    torch.testing.assert_close(extra, 0.3 * out["gate"][:, cross].mean())
 
 
 @pytest.mark.parametrize("loss", ["ce", "focal"])
