@@ -5,9 +5,12 @@ token counts, fresh random (never zero) data. Prints forward and forward+backwar
 TFLOP/s and GB/s for a Mixtral-like shape (E=8, dim=4096, hidden=14336, k=2, SwiGLU) and a
 fine-grained shape (E=128, dim=2048, hidden=768, k=8), a dense bf16 GEMM with the same FLOPs
 as the ceiling, routing+dispatch metadata time, and the measured device copy bandwidth.
+``triton-det`` is the triton backend under ``torch.use_deterministic_algorithms(True)``
+(fixed-order combine, no floating-point atomics).
 
 ``--cpu``: tiny shapes under ``TRITON_INTERPRET=1``, a few iterations (a CI smoke test).
 ``--tune``: after the default-config table, tune (``MMOE_TRITON_TUNE``) and time again.
+``--profile``: per-kernel CUDA times (routing+dispatch, and forward+backward of the largest shapes).
 """
 
 from __future__ import annotations
@@ -94,6 +97,15 @@ def make_problem(T, D, H, E, k, dtype, seed=0):
     return x, w_in, w_out, d.sorted_pair // k, pw[d.sorted_pair].contiguous(), d.expert_offsets
 
 
+def deterministic(fn, *args):
+    """``fn(*args)`` under ``torch.use_deterministic_algorithms(True)`` (fixed-order combine)."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        return fn(*args)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 def naive_mlp(x, w_in, w_out, tok, sw, offs, act):
     """Per-expert Python loop (host sync on the offsets): the baseline."""
     y = torch.zeros_like(x)
@@ -115,6 +127,7 @@ def mlp_rows(name, T, D, H, E, k, dtype, iters, bw, only=None, backward=True):
     small = T <= 128
     impls = {
         "triton": lambda *a: tb.expert_mlp(*a, "swiglu"),
+        "triton-det": lambda *a: deterministic(tb.expert_mlp, *a, "swiglu"),
         "torch": lambda *a: reference.expert_mlp(*a, "swiglu"),
         "naive-loop": lambda *a: naive_mlp(*a, "swiglu"),
     }
@@ -162,10 +175,30 @@ def routing_rows(T, iters):
     return rows
 
 
-def profile(shapes, dtype) -> None:
-    """CUDA time per kernel for one triton forward+backward of each shape."""
+def profile_table(title: str, fn) -> None:
+    """Print the CUDA time per kernel of one call of ``fn`` (after one warm-up call)."""
     from torch.profiler import ProfilerActivity, profile as prof
 
+    fn()
+    torch.cuda.synchronize()
+    with prof(activities=[ProfilerActivity.CUDA]) as p:
+        fn()
+        torch.cuda.synchronize()
+    print(f"profile {title}")
+    print(p.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=40))
+
+
+def profile(shapes, dtype) -> None:
+    """CUDA time per kernel: triton forward+backward of each shape, routing+dispatch."""
+    for E, k in ((8, 2), (256, 8)):
+        logits = torch.randn(4096, E, device=DEV)
+
+        def rd(logits=logits, E=E, k=k):
+            r = tb.topk_routing(logits, k)
+            tb.dispatch_metadata(r.experts.reshape(-1), r.weights.reshape(-1), E,
+                                 int(1.25 * 4096 * k / E))
+
+        profile_table(f"routing+dispatch T=4096 E={E} k={k}", rd)
     for name, T, D, H, E, k in shapes:
         x, w_in, w_out, tok, sw, offs = make_problem(T, D, H, E, k, dtype)
         leaves = [t.detach().requires_grad_() for t in (x, w_in, w_out, sw)]
@@ -175,13 +208,9 @@ def profile(shapes, dtype) -> None:
             y = tb.expert_mlp(leaves[0], leaves[1], leaves[2], tok, leaves[3], offs, "swiglu")
             torch.autograd.grad(y, leaves, dy)
 
-        fb()
-        torch.cuda.synchronize()
-        with prof(activities=[ProfilerActivity.CUDA]) as p:
-            fb()
-            torch.cuda.synchronize()
-        print(f"profile {name} T={T}")
-        print(p.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=40))
+        profile_table(f"{name} T={T} forward+backward", fb)
+        profile_table(f"{name} T={T} forward+backward, deterministic",
+                      lambda: deterministic(fb))
 
 
 def main() -> None:

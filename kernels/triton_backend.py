@@ -106,13 +106,15 @@ def dispatch_metadata(pair_expert: Tensor, priority: Tensor, num_experts: int,
 # -------------------------------------------------------------------------- expert MLP
 @torch.library.custom_op("mmoe::triton_expert_mlp", mutates_args=())
 def _mlp_op(x: Tensor, w_in: Tensor, w_out: Tensor, sorted_token: Tensor, sorted_weight: Tensor,
-            expert_offsets: Tensor, activation: str, save: bool) -> tuple[Tensor, Tensor, Tensor]:
+            expert_offsets: Tensor, activation: str, save: bool,
+            deterministic: bool) -> tuple[Tensor, Tensor, Tensor]:
     return triton_expert_mlp.mlp_forward(x, w_in, w_out, sorted_token, sorted_weight,
-                                         expert_offsets, activation, save)
+                                         expert_offsets, activation, save, deterministic)
 
 
 @_mlp_op.register_fake
-def _(x, w_in, w_out, sorted_token, sorted_weight, expert_offsets, activation, save):
+def _(x, w_in, w_out, sorted_token, sorted_weight, expert_offsets, activation, save,
+      deterministic):
     P = sorted_token.numel()
     return (x.new_empty(x.shape), x.new_empty(P, w_out.shape[1]),
             x.new_empty(P, w_in.shape[2]) if save else x.new_empty(0))
@@ -121,20 +123,21 @@ def _(x, w_in, w_out, sorted_token, sorted_weight, expert_offsets, activation, s
 @torch.library.custom_op("mmoe::triton_expert_mlp_bwd", mutates_args=())
 def _mlp_bwd_op(dy: Tensor, x: Tensor, w_in: Tensor, w_out: Tensor, sorted_token: Tensor,
                 sorted_weight: Tensor, expert_offsets: Tensor, a: Tensor, z: Tensor,
-                activation: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                activation: str, deterministic: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return triton_expert_mlp.mlp_backward(dy, x, w_in, w_out, sorted_token, sorted_weight,
-                                          expert_offsets, a, z, activation)
+                                          expert_offsets, a, z, activation, deterministic)
 
 
 @_mlp_bwd_op.register_fake
-def _(dy, x, w_in, w_out, sorted_token, sorted_weight, expert_offsets, a, z, activation):
+def _(dy, x, w_in, w_out, sorted_token, sorted_weight, expert_offsets, a, z, activation,
+      deterministic):
     return (x.new_empty(x.shape), w_in.new_empty(w_in.shape), w_out.new_empty(w_out.shape),
             sorted_weight.new_empty(sorted_weight.shape))
 
 
 def _mlp_setup(ctx, inputs, output):
-    x, w_in, w_out, sorted_token, sorted_weight, offsets, activation, save = inputs
-    ctx.activation = activation
+    x, w_in, w_out, sorted_token, sorted_weight, offsets, activation, save, deterministic = inputs
+    ctx.activation, ctx.deterministic = activation, deterministic
     ctx.save_for_backward(x, w_in, w_out, sorted_token, sorted_weight, offsets, output[1],
                           output[2])
 
@@ -144,8 +147,9 @@ def _mlp_backward(ctx, dy, da, dz):
     if z.numel() == 0 and sorted_token.numel() > 0:
         raise RuntimeError("expert_mlp: backward needs the forward to run with grad enabled")
     dx, dw_in, dw_out, dsw = _mlp_bwd_op(dy.contiguous(), x, w_in, w_out, sorted_token,
-                                         sorted_weight, offsets, a, z, ctx.activation)
-    return dx, dw_in, dw_out, None, dsw, None, None, None
+                                         sorted_weight, offsets, a, z, ctx.activation,
+                                         ctx.deterministic)
+    return dx, dw_in, dw_out, None, dsw, None, None, None, None
 
 
 _mlp_op.register_autograd(_mlp_backward, setup_context=_mlp_setup)
@@ -153,7 +157,11 @@ _mlp_op.register_autograd(_mlp_backward, setup_context=_mlp_setup)
 
 def expert_mlp(x: Tensor, w_in: Tensor, w_out: Tensor, sorted_token: Tensor,
                sorted_weight: Tensor, expert_offsets: Tensor, activation: str) -> Tensor:
-    """Grouped expert MLP with gate-weighted combine; see :func:`mmoe.kernels.reference.expert_mlp`."""
+    """Grouped expert MLP with gate-weighted combine; see :func:`mmoe.kernels.reference.expert_mlp`.
+
+    Under :func:`torch.use_deterministic_algorithms` the combine (forward and backward) adds in
+    a fixed order instead of with atomics, so results are bitwise reproducible run to run.
+    """
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation: expected 'swiglu' or 'gelu', got {activation!r}")
     if x.dim() != 2 or w_in.dim() != 3 or w_out.dim() != 3:
@@ -171,5 +179,6 @@ def expert_mlp(x: Tensor, w_in: Tensor, w_out: Tensor, sorted_token: Tensor,
     save = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x, w_in, w_out, sorted_weight))
     y, _, _ = _mlp_op(x, w_in, w_out, sorted_token.contiguous(), sorted_weight.contiguous(),
-                      expert_offsets.contiguous(), activation, save)
+                      expert_offsets.contiguous(), activation, save,
+                      torch.are_deterministic_algorithms_enabled())
     return y

@@ -153,6 +153,81 @@ def test_capacity_drops_match_reference(capacity):
     assert int(offs[-1]) <= 8 * capacity
 
 
+DET_CASES = [
+    # T, D, H, E, k, act, dtype, capacity
+    (33, 100, 70, 3, 2, "swiglu", torch.float32, None),
+    (1, 100, 70, 8, 6, "gelu", torch.float32, None),
+    (0, 40, 30, 4, 2, "swiglu", torch.float32, None),
+    (40, 36, 20, 8, 2, "swiglu", torch.float32, 3),  # dropped pairs: rows past offsets[E]
+    (33, 100, 70, 8, 2, "gelu", torch.bfloat16, None),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("T,D,H,E,k,act,dtype,cap", DET_CASES)
+def test_deterministic_combine_matches_reference(T, D, H, E, k, act, dtype, cap):
+    """Under torch.use_deterministic_algorithms the fixed-order combine path gives the
+    reference's output and gradients (poisoned buffers: a row it forgets shows up as NaN)."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        check_mlp(T, D, H, E, k, act, dtype, capacity=cap)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+class _LaunchSpy:
+    """Stands in for a Triton kernel and records the ATOMIC flag of every launch."""
+
+    def __init__(self, kernel):
+        self.kernel, self.atomic = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            self.atomic.append(kw["ATOMIC"])
+            return self.kernel[grid](*args, **kw)
+        return launch
+
+
+@needs_triton
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_deterministic_flag_selects_the_combine(monkeypatch, deterministic):
+    """Atomic float adds in the default mode; none when deterministic algorithms are on."""
+    spies = {}
+    for name in ("_scatter_kernel", "_up_bwd_kernel"):
+        spies[name] = _LaunchSpy(getattr(triton_expert_mlp, name))
+        monkeypatch.setattr(triton_expert_mlp, name, spies[name])
+    x, w_in, w_out, tok, sw, offs = (t.to(DEVICE) for t in
+                                     make_case(20, 32, 24, 4, 2, "swiglu", torch.float32))
+    x.requires_grad_()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        y = tb.expert_mlp(x, w_in, w_out, tok, sw, offs, "swiglu")
+        y.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert spies["_scatter_kernel"].atomic == [not deterministic] * 2  # forward y, backward dx
+    assert spies["_up_bwd_kernel"].atomic == [not deterministic]
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA device")
+def test_deterministic_mode_is_bitwise_reproducible_on_cuda():
+    x, w_in, w_out, tok, sw, offs = (t.to(DEVICE) for t in
+                                     make_case(2048, 256, 192, 8, 2, "swiglu", torch.bfloat16))
+    dy = torch.randn_like(x)
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for _ in range(3):
+            leaves = [t.detach().clone().requires_grad_() for t in (x, w_in, w_out, sw)]
+            y = tb.expert_mlp(leaves[0], leaves[1], leaves[2], tok, leaves[3], offs, "swiglu")
+            runs.append((y, *torch.autograd.grad(y, leaves, dy)))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0]):
+            assert torch.equal(a, b)
+
+
 @needs_triton
 @pytest.mark.parametrize("E,k,score,biased,renorm,T", [
     (1, 1, "softmax", False, False, 33), (3, 2, "softmax", False, True, 33),
