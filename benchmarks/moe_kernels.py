@@ -6,7 +6,8 @@ TFLOP/s and GB/s for a Mixtral-like shape (E=8, dim=4096, hidden=14336, k=2, Swi
 fine-grained shape (E=128, dim=2048, hidden=768, k=8), a dense bf16 GEMM with the same FLOPs
 as the ceiling, routing+dispatch metadata time, and the measured device copy bandwidth.
 ``triton-det`` is the triton backend under ``torch.use_deterministic_algorithms(True)``
-(fixed-order combine, no floating-point atomics).
+(fixed-order combine, no floating-point atomics); in the routing table ``tr-tsort`` is the
+triton dispatch with its ``torch.sort`` fallback instead of the sorted chunks.
 
 ``--cpu``: tiny shapes under ``TRITON_INTERPRET=1``, a few iterations (a CI smoke test).
 ``--tune``: after the default-config table, tune (``MMOE_TRITON_TUNE``) and time again.
@@ -31,6 +32,7 @@ from mmoe.kernels import reference  # noqa: E402
 if not hasattr(F, "grouped_mm") and hasattr(torch, "_grouped_mm"):
     F.grouped_mm = torch._grouped_mm  # older torch: the reference backend needs this name
 from mmoe.kernels import triton_backend as tb  # noqa: E402
+from mmoe.kernels import triton_dispatch  # noqa: E402
 from mmoe.kernels import triton_tuning  # noqa: E402
 
 CUDA = torch.cuda.is_available() and "--cpu" not in sys.argv
@@ -164,13 +166,16 @@ def routing_rows(T, iters):
     rows = []
     for E, k in ((8, 2), (64, 6), (256, 8)):
         logits = torch.randn(T, E, device=DEV)
-        for impl, ops in (("triton", tb), ("torch", reference)):
+        for impl, ops in (("triton", tb), ("tr-tsort", tb), ("torch", reference)):
             def f():
                 r = ops.topk_routing(logits, k)
                 ops.dispatch_metadata(r.experts.reshape(-1), r.weights.reshape(-1), E,
                                       int(1.25 * T * k / E))
+            # tr-tsort: the triton dispatch's fallback keys + torch.sort instead of the chunks
+            triton_dispatch.PACKED_KEY_BITS = 0 if impl == "tr-tsort" else 31
             t_e = bench(f, iters)
             t_g = bench(f, iters, graph=CUDA)
+            triton_dispatch.PACKED_KEY_BITS = 31
             rows.append((T, E, k, impl, t_e * 1e6, t_g * 1e6))
     return rows
 

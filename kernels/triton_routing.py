@@ -16,10 +16,11 @@ import triton.language as tl
 def _topk_kernel(logit_ptr, bias_ptr, w_ptr, idx_ptr, score_ptr, count_ptr, T, E, slt, sle,
                  K: tl.constexpr, KB: tl.constexpr, SIGMOID: tl.constexpr,
                  HAS_BIAS: tl.constexpr, RENORM: tl.constexpr, BT: tl.constexpr,
-                 EB: tl.constexpr, HB: tl.constexpr):
+                 EB: tl.constexpr, HB: tl.constexpr, ONE_PROGRAM: tl.constexpr):
     """``scores = softmax|sigmoid(logits)`` (fp32); the k largest ``scores + bias`` best first;
     ``weights`` = their unbiased scores (divided by their sum when RENORM); ``counts[e] +=``
-    number of picks of ``e`` (int64 atomic add of a per-program histogram)."""
+    number of picks of ``e`` (int64 atomic add of a per-program histogram; stored directly
+    when one program covers all tokens, so ``counts`` needs no zeroing)."""
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     tm = t < T
     e = tl.arange(0, EB)
@@ -57,7 +58,10 @@ def _topk_kernel(logit_ptr, bias_ptr, w_ptr, idx_ptr, score_ptr, count_ptr, T, E
     tl.store(idx_ptr + out, ik.to(tl.int64), mask=mk)
     hist = tl.histogram(tl.reshape(tl.where(mk, ik, E), (BT * KB,)), HB)
     b = tl.arange(0, HB)
-    tl.atomic_add(count_ptr + b, hist.to(tl.int64), mask=b < E, sem="relaxed")
+    if ONE_PROGRAM:
+        tl.store(count_ptr + b, hist.to(tl.int64), mask=b < E)
+    else:
+        tl.atomic_add(count_ptr + b, hist.to(tl.int64), mask=b < E, sem="relaxed")
 
 
 def topk_routing_launch(logits: torch.Tensor, k: int, sigmoid: bool, bias, renormalize: bool,
@@ -67,16 +71,20 @@ def topk_routing_launch(logits: torch.Tensor, k: int, sigmoid: bool, bias, renor
     weights = new_buffer((T, k), torch.float32, logits.device)
     experts = new_buffer((T, k), torch.int64, logits.device)
     scores = new_buffer((T, E), torch.float32, logits.device)
-    counts = torch.zeros(E, dtype=torch.int64, device=logits.device)
-    if T == 0:
-        return weights, experts, scores, counts
     EB = max(16, triton.next_power_of_2(E))
     BT = max(1, min(64, 4096 // EB))
+    one = T <= BT
+    if one and T:
+        counts = new_buffer((E,), torch.int64, logits.device)
+    else:
+        counts = torch.zeros(E, dtype=torch.int64, device=logits.device)
+    if T == 0:
+        return weights, experts, scores, counts
     KB = max(2, triton.next_power_of_2(k))
     HB = max(16, triton.next_power_of_2(E + 1))
     _topk_kernel[(triton.cdiv(T, BT),)](
         logits, bias if bias is not None else logits, weights, experts, scores, counts, T, E,
         logits.stride(0), logits.stride(1), K=k, KB=KB, SIGMOID=sigmoid,
-        HAS_BIAS=bias is not None, RENORM=renormalize, BT=BT, EB=EB, HB=HB,
+        HAS_BIAS=bias is not None, RENORM=renormalize, BT=BT, EB=EB, HB=HB, ONE_PROGRAM=one,
         num_warps=4 if EB <= 128 else 8)
     return weights, experts, scores, counts

@@ -176,14 +176,14 @@ def test_deterministic_combine_matches_reference(T, D, H, E, k, act, dtype, cap)
 
 
 class _LaunchSpy:
-    """Stands in for a Triton kernel and records the ATOMIC flag of every launch."""
+    """Stands in for a Triton kernel; records each launch (the value of keyword ``flag``)."""
 
-    def __init__(self, kernel):
-        self.kernel, self.atomic = kernel, []
+    def __init__(self, kernel, flag=None):
+        self.kernel, self.flag, self.seen = kernel, flag, []
 
     def __getitem__(self, grid):
         def launch(*args, **kw):
-            self.atomic.append(kw["ATOMIC"])
+            self.seen.append(kw.get(self.flag))
             return self.kernel[grid](*args, **kw)
         return launch
 
@@ -194,7 +194,7 @@ def test_deterministic_flag_selects_the_combine(monkeypatch, deterministic):
     """Atomic float adds in the default mode; none when deterministic algorithms are on."""
     spies = {}
     for name in ("_scatter_kernel", "_up_bwd_kernel"):
-        spies[name] = _LaunchSpy(getattr(triton_expert_mlp, name))
+        spies[name] = _LaunchSpy(getattr(triton_expert_mlp, name), "ATOMIC")
         monkeypatch.setattr(triton_expert_mlp, name, spies[name])
     x, w_in, w_out, tok, sw, offs = (t.to(DEVICE) for t in
                                      make_case(20, 32, 24, 4, 2, "swiglu", torch.float32))
@@ -205,8 +205,8 @@ def test_deterministic_flag_selects_the_combine(monkeypatch, deterministic):
         y.sum().backward()
     finally:
         torch.use_deterministic_algorithms(False)
-    assert spies["_scatter_kernel"].atomic == [not deterministic] * 2  # forward y, backward dx
-    assert spies["_up_bwd_kernel"].atomic == [not deterministic]
+    assert spies["_scatter_kernel"].seen == [not deterministic] * 2  # forward y, backward dx
+    assert spies["_up_bwd_kernel"].seen == [not deterministic]
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA device")
@@ -255,15 +255,51 @@ def test_topk_routing_matches_reference(E, k, score, biased, renorm, T):
 @needs_triton
 @pytest.mark.parametrize("P,E,capacity,ties", [
     (66, 3, None, False), (200, 8, 10, True), (200, 8, 0, False), (500, 60, 4, True),
-    (1, 1, None, False), (0, 4, 2, False), (3000, 256, 7, True)])
-def test_dispatch_matches_reference(P, E, capacity, ties):
+    (1, 1, None, False), (0, 4, 2, False), (3000, 256, 7, True), (257, 5, 30, True)])
+@pytest.mark.parametrize("path", ["chunks", "torch-sort"])
+def test_dispatch_matches_reference(monkeypatch, P, E, capacity, ties, path):
+    """Both key paths: sorted chunks + merge (packed keys), and the torch.sort fallback."""
+    from mmoe.kernels import triton_dispatch
+
+    launched = {}
+    for name in ("_sort_chunks_kernel", "_merge_place_kernel", "_key_kernel"):
+        spy = _LaunchSpy(getattr(triton_dispatch, name), "SINGLE" if name == "_sort_chunks_kernel" else None)
+        launched[name] = spy.seen
+        monkeypatch.setattr(triton_dispatch, name, spy)
+    if path == "torch-sort":
+        monkeypatch.setattr(triton_dispatch, "PACKED_KEY_BITS", 0)
     g = torch.Generator().manual_seed(P + E)
     pe = torch.randint(0, E + 1, (P,), generator=g)  # value E: invalid pair
     prio = torch.rand(P, generator=g)
     if ties:
         prio = (prio * 4).round() / 4
+    prio[::7] *= -1  # negative priorities (MACS gives -key) and signed zeros order like floats
+    prio[::11] = 0.0
+    prio[::13] = -0.0
     ref = reference.dispatch_metadata(pe, prio, E, capacity)
     out = tb.dispatch_metadata(pe.to(DEVICE), prio.to(DEVICE), E, capacity)
+    for name, a, b in zip(ref._fields, out, ref):
+        assert torch.equal(a.cpu(), b), name
+    if P and path == "chunks":
+        single = P <= triton_dispatch.CHUNK
+        assert launched["_sort_chunks_kernel"] == [single]
+        assert len(launched["_merge_place_kernel"]) == (0 if single else 1)
+    assert len(launched["_key_kernel"]) == (1 if P and path == "torch-sort" else 0)
+
+
+@needs_triton
+@settings(max_examples=8, deadline=None)
+@given(P=st.integers(0, 900), E=st.integers(1, 40), cap=st.one_of(st.none(), st.integers(0, 60)),
+       levels=st.sampled_from([0, 3, 1000]), seed=st.integers(0, 1000))
+def test_dispatch_random_shapes(P, E, cap, levels, seed):
+    """Random sizes around the chunk size, capacities, and priorities with many ties."""
+    g = torch.Generator().manual_seed(seed)
+    pe = torch.randint(0, E + 1, (P,), generator=g)
+    prio = torch.randn(P, generator=g)
+    if levels:
+        prio = (prio * levels).round() / levels
+    ref = reference.dispatch_metadata(pe, prio, E, cap)
+    out = tb.dispatch_metadata(pe.to(DEVICE), prio.to(DEVICE), E, cap)
     for name, a, b in zip(ref._fields, out, ref):
         assert torch.equal(a.cpu(), b), name
 
