@@ -117,10 +117,9 @@ def _merge_place_kernel(skey_ptr, hist_ptr, sorted_ptr, offs_ptr, keep_ptr, pos_
     base_ptr = skey_ptr + cs.to(tl.int64)[None, :] * CH
     below = tl.zeros((BLOCK, NCB), dtype=tl.int32)
     for s in tl.static_range(LOG_CH):  # branchless lower bound in every chunk at once
-        step: tl.constexpr = CH >> (s + 1)
-        probe = tl.load(base_ptr + below + (step - 1), mask=cm[None, :],
+        probe = tl.load(base_ptr + below + ((CH >> (s + 1)) - 1), mask=cm[None, :],
                         other=0x7FFFFFFFFFFFFFFF)  # missing chunks hold nothing below
-        below += tl.where(probe < key[:, None], step, 0)
+        below += tl.where(probe < key[:, None], CH >> (s + 1), 0)
     last = tl.load(base_ptr + below, mask=cm[None, :], other=0x7FFFFFFFFFFFFFFF)
     below += (last < key[:, None]).to(tl.int32)
     g = tl.sum(below, 1)
