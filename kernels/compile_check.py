@@ -141,7 +141,7 @@ def variants() -> list[tuple[str, Any, dict, dict, dict, int, int]]:
                              scale_ptr=bf16, offs_ptr=torch.int64),
                         dict(KD=kd, N=n, slp=kd, slk=1, srp=n, srn=1, sde=kd * n, sdk=n, sdn=1),
                         dict(L_GATHER=lg, R_GATHER=rg, HAS_SCALE=sc, PREC="tf32", BM=cfg.BM,
-                             BN=cfg.BN, BK=cfg.BK), cfg.warps, cfg.stages))
+                             BN=cfg.BN, BK=cfg.BK, GROUP_M=8), cfg.warps, cfg.stages))
     out.append(("segment sum (deterministic combine)", triton_expert_mlp._segment_sum_kernel,
                 dict(row_ptr=torch.float32, perm_ptr=torch.int64, start_ptr=torch.int64,
                      out_ptr=bf16), dict(N=4096, srp=4096, sot=4096), dict(BT=16, BN=128), 4, 3))

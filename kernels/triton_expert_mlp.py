@@ -252,16 +252,17 @@ def _segment_sum_kernel(row_ptr, perm_ptr, start_ptr, out_ptr, T, N, srp, sot,
 def _wgrad_kernel(l_ptr, r_ptr, dw_ptr, tok_ptr, scale_ptr, offs_ptr, KD, N,
                   slp, slk, srp, srn, sde, sdk, sdn,
                   L_GATHER: tl.constexpr, R_GATHER: tl.constexpr, HAS_SCALE: tl.constexpr,
-                  PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                  PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                  GROUP_M: tl.constexpr):
     """``dw[e] = L_e^T @ (scale * R_e)`` over the sorted rows of expert ``e`` (grouped X^T dY).
 
     L/R rows are read through ``tok`` when *_GATHER (token-order tensors) or directly in
     sorted order. Every element of ``dw`` is written (zero for an expert with no rows).
     dW_in: L = x (gathered), R = dz. dW_out: L = a, R = dy (gathered, scaled by gate weight).
     """
-    pid = tl.program_id(0)
-    num_n = tl.cdiv(N, BN)
-    pid_m, pid_n = pid // num_n, pid % num_n
+    # grouped order: GROUP_M row tiles of dW sweep the column tiles together, so the R tiles
+    # (an expert's rows of dz or dy, often larger than L2) are re-read from L2, not memory
+    pid_m, pid_n = _swizzle(tl.program_id(0), tl.cdiv(KD, BM), tl.cdiv(N, BN), GROUP_M)
     e = tl.program_id(1)
     start = tl.load(offs_ptr + e).to(tl.int32)
     end = tl.load(offs_ptr + e + 1).to(tl.int32)
@@ -353,7 +354,7 @@ def _launch_wgrad(l, r, dw, tok, scale, offs, l_gather, r_gather, cfg):
     _wgrad_kernel[grid](l, r, dw, tok, scale if scale is not None else l, offs, KD, N,
                         l.stride(0), l.stride(1), r.stride(0), r.stride(1), *dw.stride(),
                         L_GATHER=l_gather, R_GATHER=r_gather, HAS_SCALE=scale is not None,
-                        PREC=_prec(l.dtype), BM=cfg.BM, BN=cfg.BN, BK=cfg.BK,
+                        PREC=_prec(l.dtype), BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, GROUP_M=8,
                         num_warps=cfg.warps, num_stages=cfg.stages)
 
 
