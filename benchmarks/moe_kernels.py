@@ -162,20 +162,29 @@ def mlp_rows(name, T, D, H, E, k, dtype, iters, bw, only=None, backward=True):
     return rows
 
 
-def routing_rows(T, iters):
+def routing_rows(T, iters, chunks=()):
+    """tr-tsort: the triton dispatch's fallback (keys + torch.sort) instead of sorted chunks;
+    tr-ch<N>: the chunked dispatch with CHUNK = N (``--chunks``)."""
+    impls = [("triton", tb, {}), ("tr-tsort", tb, {"PACKED_KEY_BITS": 0})]
+    impls += [(f"tr-ch{c}", tb, {"CHUNK": c}) for c in chunks]
+    impls.append(("torch", reference, {}))
     rows = []
     for E, k in ((8, 2), (64, 6), (256, 8)):
         logits = torch.randn(T, E, device=DEV)
-        for impl, ops in (("triton", tb), ("tr-tsort", tb), ("torch", reference)):
+        for impl, ops, setting in impls:
             def f():
                 r = ops.topk_routing(logits, k)
                 ops.dispatch_metadata(r.experts.reshape(-1), r.weights.reshape(-1), E,
                                       int(1.25 * T * k / E))
-            # tr-tsort: the triton dispatch's fallback keys + torch.sort instead of the chunks
-            triton_dispatch.PACKED_KEY_BITS = 0 if impl == "tr-tsort" else 31
-            t_e = bench(f, iters)
-            t_g = bench(f, iters, graph=CUDA)
-            triton_dispatch.PACKED_KEY_BITS = 31
+            saved = {name: getattr(triton_dispatch, name) for name in setting}
+            for name, value in setting.items():
+                setattr(triton_dispatch, name, value)
+            try:
+                t_e = bench(f, iters)
+                t_g = bench(f, iters, graph=CUDA)
+            finally:
+                for name, value in saved.items():
+                    setattr(triton_dispatch, name, value)
             rows.append((T, E, k, impl, t_e * 1e6, t_g * 1e6))
     return rows
 
@@ -224,7 +233,12 @@ def main() -> None:
     ap.add_argument("--tune", action="store_true", help="also time with tuned configs")
     ap.add_argument("--skip-main", action="store_true", help="only the --tune/--profile parts")
     ap.add_argument("--profile", action="store_true", help="per-kernel times of triton fwd+bwd")
+    ap.add_argument("--chunks", default="", help="also time the dispatch with these CHUNK "
+                    "sizes (powers of two, comma-separated), e.g. 512,1024,4096")
     args = ap.parse_args()
+    chunks = [int(c) for c in args.chunks.split(",") if c.strip()]
+    if any(c < 2 or c & (c - 1) for c in chunks):
+        ap.error(f"--chunks: expected powers of two >= 2, got {args.chunks!r}")
     torch.manual_seed(0)
     if CUDA:
         dtype, iters = torch.bfloat16, 30
@@ -251,7 +265,7 @@ def main() -> None:
                   f"{r[6]:>8.1f}{r[7]:>11.1f}{r[8]:>9.1f}", flush=True)
     print(f"\n{'routing+dispatch':<17}{'T':>6}{'E':>5}{'k':>3} {'impl':<8}{'eager us':>10}"
           f"{'graph us':>10}")
-    for r in ([] if args.skip_main else routing_rows(4096 if CUDA else 64, iters)):
+    for r in ([] if args.skip_main else routing_rows(4096 if CUDA else 64, iters, chunks)):
         print(f"{'':<17}{r[0]:>6}{r[1]:>5}{r[2]:>3} {r[3]:<8}{r[4]:>10.1f}{r[5]:>10.1f}", flush=True)
     if args.tune and CUDA:
         triton_tuning.set_tuning(True)
