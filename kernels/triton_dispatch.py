@@ -54,10 +54,10 @@ def _chunk_keys(expert_ptr, prio_ptr, c, P, E, IB: tl.constexpr, CH: tl.constexp
 
 
 @triton.jit
-def _place(key, g, cnt, sorted_ptr, offs_ptr, keep_ptr, pos_ptr, E, C, write_offsets,
-           IB: tl.constexpr, HB: tl.constexpr):
-    """Place keys whose global sorted index is ``g``; ``cnt[b]`` = pairs of expert b (b = E:
-    invalid). Padding keys (expert E + 1) are skipped."""
+def _place(ex, pair, g, cnt, sorted_ptr, offs_ptr, keep_ptr, pos_ptr, E, C, write_offsets,
+           HB: tl.constexpr):
+    """Place pair ``pair`` of expert ``ex`` whose index in the sorted order is ``g``;
+    ``cnt[b]`` = pairs of expert b (b = E: invalid). Padding (``ex > E``) is skipped."""
     b = tl.arange(0, HB)
     cnt = tl.where(b <= E, cnt, 0)
     valid_bin = b < E
@@ -70,10 +70,8 @@ def _place(key, g, cnt, sorted_ptr, offs_ptr, keep_ptr, pos_ptr, E, C, write_off
     total_drop = tl.sum(drop, 0)
     if write_offsets:
         tl.store(offs_ptr + b, koff.to(tl.int64), mask=b <= E)
-    ex = (key >> (32 + IB)).to(tl.int32)
     real = ex <= E
     exc = tl.minimum(ex, E)
-    pair = key & ((1 << IB) - 1)
     rank = g - tl.gather(starts, exc, 0)
     valid = ex < E
     keep = valid & (rank < C)
@@ -96,8 +94,8 @@ def _sort_chunks_kernel(expert_ptr, prio_ptr, skey_ptr, hist_ptr, sorted_ptr, of
     sk = tl.sort(key)
     hist = tl.histogram(ex.to(tl.int32), HB)
     if SINGLE:
-        _place(sk, tl.arange(0, CH), hist, sorted_ptr, offs_ptr, keep_ptr, pos_ptr, E, C, True,
-               IB, HB)
+        _place((sk >> (32 + IB)).to(tl.int32), sk & ((1 << IB) - 1), tl.arange(0, CH), hist,
+               sorted_ptr, offs_ptr, keep_ptr, pos_ptr, E, C, True, HB)
     else:
         o = c * CH + tl.arange(0, CH)
         tl.store(skey_ptr + o, sk)
@@ -126,8 +124,8 @@ def _merge_place_kernel(skey_ptr, hist_ptr, sorted_ptr, offs_ptr, keep_ptr, pos_
     b = tl.arange(0, HB)
     cnt = tl.sum(tl.load(hist_ptr + cs[:, None] * HB + b[None, :], mask=cm[:, None], other=0), 0)
     key = tl.where(gm, key, (tl.zeros_like(key) + E + 1) << (32 + IB))  # past the scratch
-    _place(key, g, cnt, sorted_ptr, offs_ptr, keep_ptr, pos_ptr, E, C, tl.program_id(0) == 0,
-           IB, HB)
+    _place((key >> (32 + IB)).to(tl.int32), key & ((1 << IB) - 1), g, cnt, sorted_ptr, offs_ptr,
+           keep_ptr, pos_ptr, E, C, tl.program_id(0) == 0, HB)
 
 
 @triton.jit
@@ -156,29 +154,12 @@ def _place_kernel(key_ptr, order_ptr, count_ptr, sorted_ptr, offs_ptr, keep_ptr,
     """Fallback: from the stably sorted keys, rank inside the expert, keep, slot, offsets."""
     b = tl.arange(0, HB)
     cnt = tl.load(count_ptr + b, mask=b <= E, other=0)
-    valid_bin = b < E
-    kept = tl.where(valid_bin, tl.minimum(cnt, C), 0)
-    drop = tl.where(valid_bin, cnt - kept, 0)
-    starts = _exclusive(cnt)
-    koff = _exclusive(kept)
-    doff = _exclusive(drop)
-    total_kept = tl.sum(kept, 0)
-    total_drop = tl.sum(drop, 0)
-    if tl.program_id(0) == 0:
-        tl.store(offs_ptr + b, koff.to(tl.int64), mask=b <= E)
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     im = i < P
-    ex = (tl.load(key_ptr + i, mask=im, other=0) >> 32).to(tl.int32)
+    ex = tl.where(im, (tl.load(key_ptr + i, mask=im, other=0) >> 32).to(tl.int32), E + 1)
     pair = tl.load(order_ptr + i, mask=im, other=0)
-    rank = i - tl.gather(starts, ex, 0)
-    valid = ex < E
-    keep = valid & (rank < C)
-    slot = tl.where(keep, tl.gather(koff, ex, 0) + rank,
-                    tl.where(valid, total_kept + tl.gather(doff, ex, 0) + rank - C,
-                             total_kept + total_drop + rank))
-    tl.store(sorted_ptr + slot, pair, mask=im)
-    tl.store(keep_ptr + pair, keep, mask=im)
-    tl.store(pos_ptr + pair, rank.to(tl.int64), mask=im)
+    _place(ex, pair, i, cnt, sorted_ptr, offs_ptr, keep_ptr, pos_ptr, E, C,
+           tl.program_id(0) == 0, HB)
 
 
 def dispatch_launch(pair_expert: torch.Tensor, priority: torch.Tensor, num_experts: int,
