@@ -1,6 +1,6 @@
 """mmoe: a multimodal Mixture-of-Experts applications suite on one shared MoE backbone."""
 
-from mmoe.backbone import MultimodalMoEBackbone
+from mmoe.backbone import BlockSpec, MultimodalMoEBackbone
 from mmoe.mixers import MIXERS, register_mixer
 from mmoe.experts import DenseFFN, Experts
 from mmoe.loading import list_models, load
@@ -11,6 +11,7 @@ from mmoe.stats import MoEOutputs, RoutingStats, collect_moe
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockSpec",
     "MIXERS",
     "ROUTERS",
     "DenseFFN",

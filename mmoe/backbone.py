@@ -1,15 +1,25 @@
-"""The multimodal MoE backbone: pre-norm blocks of [token mixer -> MoE (or dense) FFN]."""
+"""The multimodal MoE backbone: pre-norm blocks of [token mixer -> MoE (or dense) FFN], built from
+a list of typed block specifications (:class:`BlockSpec`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
 import torch
 from torch import nn
 
-from mmoe.experts import DenseFFN
-from mmoe.mixers import MIXERS
-from mmoe.moe_layer import CAPACITY_MODES, MoELayer
+from mmoe.experts import ACTIVATIONS, DenseFFN
+from mmoe.mixers import build_mixer
+from mmoe.moe_layer import MoELayer
 from mmoe.validation import check_choice, check_positive_int, check_tensor
+
+FFN_KINDS = ("moe", "dense")
+DEFAULT_DEPTH = 4
+
 
 def sinusoidal_positions(n: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
     """Standard sin/cos positions ``[n, dim]`` (works for any sequence length)."""
@@ -21,13 +31,96 @@ def sinusoidal_positions(n: int, dim: int, device: torch.device | None = None) -
     return out
 
 
-class MoEBlock(nn.Module):
-    """``x + mixer(norm(x))`` then ``x + ffn(norm(x), modality)``."""
+@dataclass
+class BlockSpec:
+    """One backbone block: ``x + mixer(norm1(x))`` then ``x + ffn(norm2(x), modality)``.
 
-    def __init__(self, dim: int, num_heads: int, mixer: str, ffn: nn.Module, modes: int, spatial_dims: int) -> None:
+    Args:
+        mixer: token mixer, a name from :data:`mmoe.mixers.MIXERS`.
+        mixer_options: the mixer's keyword options, ``MIXERS[mixer](dim=dim, **mixer_options)``.
+        ffn: ``"moe"`` (a :class:`mmoe.MoELayer`) or ``"dense"`` (a :class:`mmoe.DenseFFN`).
+        hidden_dim: hidden width of each expert.
+        num_experts: routed experts E.
+        top_k: experts per token k.
+        router: a name from :data:`mmoe.routers.ROUTERS`.
+        router_options: the router's keyword options, e.g. ``{"groups": 2}`` for ``"nested"``.
+        capacity_factor: None is dropless; else ``C = ceil(cf * k * T / E)`` pairs per expert.
+        capacity_mode: ``"macs"`` (modality-aware) or ``"static"`` capacity.
+        num_shared_experts: experts applied to every token, beside the routed ones.
+        activation: ``"swiglu"`` or ``"gelu"`` (experts and dense FFN).
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+        load_balance_weight: weight of the Switch load-balancing loss.
+        z_loss_weight: weight of the router z-loss.
+        dense_hidden_dim: hidden width of a dense FFN (None: ``top_k * hidden_dim``, the active
+            width of an MoE block).
+    """
+
+    mixer: str = "attention"
+    mixer_options: dict[str, Any] = field(default_factory=dict)
+    ffn: Literal["moe", "dense"] = "moe"
+    hidden_dim: int = 512
+    num_experts: int = 8
+    top_k: int = 2
+    router: str = "softmax"
+    router_options: dict[str, Any] = field(default_factory=dict)
+    capacity_factor: float | None = None
+    capacity_mode: Literal["macs", "static"] = "macs"
+    num_shared_experts: int = 0
+    activation: Literal["swiglu", "gelu"] = "swiglu"
+    backend: Literal["auto", "torch", "triton"] = "auto"
+    load_balance_weight: float = 1e-2
+    z_loss_weight: float = 1e-3
+    dense_hidden_dim: int | None = None
+
+
+def as_block_spec(value: object, name: str = "block") -> BlockSpec:
+    """``value`` as a :class:`BlockSpec`: a BlockSpec, or a dict of its fields (from JSON/YAML)."""
+    if isinstance(value, BlockSpec):
+        return value
+    if isinstance(value, Mapping):
+        fields = [f.name for f in dataclasses.fields(BlockSpec)]
+        unknown = [key for key in value if key not in fields]
+        if unknown:
+            raise ValueError(f"{name}: unknown BlockSpec fields {unknown}; expected names from {fields}")
+        return BlockSpec(**value)
+    raise TypeError(f"{name}: expected a BlockSpec or a dict of its fields, got {type(value).__name__}")
+
+
+def build_ffn(spec: BlockSpec, dim: int, num_modalities: int) -> nn.Module:
+    """The FFN of a block: a :class:`MoELayer` (``ffn="moe"``) or a :class:`DenseFFN` (``"dense"``).
+
+    Errors name the spec field (e.g. ``top_k: ...``).
+    """
+    check_choice("ffn", spec.ffn, FFN_KINDS)
+    if spec.dense_hidden_dim is not None:
+        check_positive_int("dense_hidden_dim", spec.dense_hidden_dim)
+    if spec.ffn == "dense":
+        check_positive_int("hidden_dim", spec.hidden_dim)
+        check_positive_int("top_k", spec.top_k)
+        check_choice("activation", spec.activation, ACTIVATIONS)
+        return DenseFFN(dim, spec.dense_hidden_dim or spec.top_k * spec.hidden_dim, spec.activation)
+    return MoELayer(
+        dim, spec.hidden_dim, spec.num_experts, spec.top_k, router=spec.router,
+        router_options=spec.router_options, capacity_factor=spec.capacity_factor,
+        capacity_mode=spec.capacity_mode, num_modalities=num_modalities,
+        num_shared_experts=spec.num_shared_experts, activation=spec.activation, backend=spec.backend,
+        load_balance_weight=spec.load_balance_weight, z_loss_weight=spec.z_loss_weight, validate_inputs=False,
+    )
+
+
+class MoEBlock(nn.Module):
+    """``x + mixer(norm1(x))`` then ``x + ffn(norm2(x), modality)``.
+
+    Args:
+        dim: token width.
+        mixer: the token mixer module.
+        ffn: a :class:`MoELayer` or a dense FFN module.
+    """
+
+    def __init__(self, dim: int, mixer: nn.Module, ffn: nn.Module) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.mixer = MIXERS[mixer](dim=dim, num_heads=num_heads, modes=modes, spatial_dims=spatial_dims)
+        self.mixer = mixer
         self.ffn = ffn
 
     def forward(self, x: torch.Tensor, modality: torch.Tensor, grid: tuple[int, ...] | None = None,
@@ -44,78 +137,74 @@ class MoEBlock(nn.Module):
 
 
 class MultimodalMoEBackbone(nn.Module):
-    """Shared backbone over per-modality token tensors.
+    """Shared backbone over per-modality token tensors, built from a list of :class:`BlockSpec`.
 
-    ``forward({name: [B, N_m, dim]}, positions=None, grid=None)`` concatenates the modalities given (any
-    subset of ``modalities``), adds a learned modality embedding and positions (sinusoidal
-    over each modality's token index, or the task's own ``positions[name]`` broadcastable to
-    ``[B, N_m, dim]``), runs ``depth`` blocks with modality ids passed to the MoE layers, and
-    returns the tokens split back per modality. ``mask[name] [B, N_m]`` (bool, True = real token)
-    marks padding: padded tokens are attended by nobody and never routed (the valid tokens are
-    gathered once per forward -- one host sync -- so capacity counts real tokens only; this needs a
-    token-level router). With ``cross_modal_attention=False`` tokens attend only to tokens of
-    their own modality (unimodal encoders that still share the MoE FFNs). ``grid`` (the spatial token grid, e.g.
-    ``(8, 8)``) is handed to grid-aware mixers such as ``"spectral"``.
+    ``forward({name: [B, N_m, dim]}, positions=None, grid=None, mask=None)`` concatenates the
+    modalities given (any subset of ``modalities``), adds a learned modality embedding and positions
+    (sinusoidal over each modality's token index, or the task's own ``positions[name]``
+    broadcastable to ``[B, N_m, dim]``), runs the blocks with modality ids passed to the MoE layers,
+    and returns the tokens split back per modality. Inputs are computed in the backbone's parameter
+    dtype and each output is returned in its input's dtype. ``mask[name] [B, N_m]`` (bool, True =
+    real token) marks padding: padded tokens are attended by nobody and never routed (the valid
+    tokens are gathered once per forward -- one host sync -- so capacity counts real tokens only;
+    this needs token-level routers, ``Router.token_level``, in every MoE block). With
+    ``cross_modal_attention=False`` tokens attend only to tokens of their own modality (unimodal
+    encoders that still share the MoE FFNs). ``grid`` (the spatial token grid, e.g. ``(8, 8)``) is
+    handed to grid-aware mixers such as ``"spectral"``.
 
-    ``moe_blocks`` lists the block indices that use a :class:`MoELayer` (None: all); the
-    others use a dense FFN of hidden width ``dense_hidden_dim`` (default ``top_k * hidden_dim``,
-    the active width of an MoE block).
+    Args:
+        modalities: names of the modalities (a list of distinct strings).
+        dim: token width.
+        blocks: one :class:`BlockSpec` (or dict of its fields) per block; None: ``depth`` x ``BlockSpec()``.
+        depth: number of blocks when ``blocks`` is None (else left at its default or ``len(blocks)``).
+        positions: add sinusoidal positions to modalities without task-given ``positions``.
+        cross_modal_attention: let tokens attend to the tokens of other modalities.
     """
 
     def __init__(
         self,
         modalities: list[str],
         dim: int = 256,
-        depth: int = 4,
-        num_heads: int = 4,
-        hidden_dim: int = 512,
-        num_experts: int = 8,
-        top_k: int = 2,
-        router: str = "softmax",
-        capacity_factor: float | None = None,
-        capacity_mode: str = "macs",
-        num_shared_experts: int = 0,
-        moe_blocks: list[int] | None = None,
-        mixer: str = "attention",
-        activation: str = "swiglu",
-        backend: str = "auto",
-        load_balance_weight: float = 1e-2,
-        z_loss_weight: float = 1e-3,
-        soft_slots: int = 1,
-        groups: int = 2,
-        spectral_modes: int = 8,
-        spatial_dims: int = 2,
+        blocks: list[BlockSpec] | None = None,
+        depth: int = DEFAULT_DEPTH,
         positions: bool = True,
-        dense_hidden_dim: int | None = None,
         cross_modal_attention: bool = True,
     ) -> None:
         super().__init__()
-        if not modalities or len(set(modalities)) != len(modalities):
+        if isinstance(modalities, str) or not isinstance(modalities, (list, tuple)):
+            raise TypeError(f"modalities: expected a list of modality names, got {type(modalities).__name__} "
+                            f"{modalities!r}")
+        if (not modalities or len(set(modalities)) != len(modalities)
+                or not all(isinstance(m, str) and m for m in modalities)):
             raise ValueError(f"modalities: expected a non-empty list of distinct names, got {modalities!r}")
+        check_positive_int("dim", dim)
         check_positive_int("depth", depth)
-        check_choice("mixer", mixer, tuple(MIXERS))
-        check_choice("capacity_mode", capacity_mode, CAPACITY_MODES)
-        moe_set = set(range(depth)) if moe_blocks is None else set(moe_blocks)
-        if not moe_set <= set(range(depth)):
-            raise ValueError(f"moe_blocks: expected indices in [0, {depth}), got {moe_blocks!r}")
+        if blocks is None:
+            specs = [BlockSpec() for _ in range(depth)]
+        else:
+            if not isinstance(blocks, (list, tuple)):
+                raise TypeError(f"blocks: expected a list of BlockSpec (or dicts of its fields), "
+                                f"got {type(blocks).__name__}")
+            if not blocks:
+                raise ValueError("blocks: expected at least one block spec, got an empty list")
+            if depth != DEFAULT_DEPTH and depth != len(blocks):
+                raise ValueError(f"depth: expected len(blocks)={len(blocks)} (or depth left out), got {depth}")
+            specs = [as_block_spec(b, f"blocks[{i}]") for i, b in enumerate(blocks)]
         self.modalities, self.dim, self.use_positions = list(modalities), dim, positions
-        self.cross_modal_attention, self.router = cross_modal_attention, router
+        self.cross_modal_attention = cross_modal_attention
+        self.specs = specs
         self.modality_embed = nn.Parameter(torch.zeros(len(modalities), dim))
         nn.init.normal_(self.modality_embed, std=0.02)
-        blocks = []
-        for i in range(depth):
-            if i in moe_set:
-                ffn: nn.Module = MoELayer(
-                    dim, hidden_dim, num_experts, top_k, router=router, capacity_factor=capacity_factor,
-                    capacity_mode=capacity_mode, num_modalities=len(modalities),
-                    num_shared_experts=num_shared_experts, activation=activation, backend=backend,
-                    load_balance_weight=load_balance_weight, z_loss_weight=z_loss_weight,
-                    soft_slots=soft_slots, groups=groups, validate_inputs=False,
-                )
-            else:
-                ffn = DenseFFN(dim, dense_hidden_dim or top_k * hidden_dim, activation)
-            blocks.append(MoEBlock(dim, num_heads, mixer, ffn, spectral_modes, spatial_dims))
-        self.blocks = nn.ModuleList(blocks)
+        layers = []
+        for i, spec in enumerate(specs):
+            try:
+                ffn = build_ffn(spec, dim, len(modalities))
+                mixer = build_mixer(spec.mixer, dim, spec.mixer_options)
+            except (TypeError, ValueError) as e:  # the message starts with the field name
+                error = TypeError if isinstance(e, TypeError) else ValueError
+                raise error(f"blocks[{i}].{e}") from e
+            layers.append(MoEBlock(dim, mixer, ffn))
+        self.blocks = nn.ModuleList(layers)
         self.norm = nn.LayerNorm(dim)
 
     def forward(
@@ -131,6 +220,7 @@ class MultimodalMoEBackbone(nn.Module):
         unknown = [n for n in names if n not in self.modalities]
         if unknown:
             raise ValueError(f"tokens: unknown modalities {unknown}, expected names from {self.modalities}")
+        dtype = self.modality_embed.dtype  # inputs are computed in the parameters' dtype
         B = None
         parts, ids = [], []
         for name in names:
@@ -139,7 +229,7 @@ class MultimodalMoEBackbone(nn.Module):
                 raise ValueError(f"tokens[{name!r}]: expected [B, N, {self.dim}] with B={B}, got {tuple(t.shape)}")
             B = t.shape[0]
             m = self.modalities.index(name)
-            t = t + self.modality_embed[m].to(t.dtype)
+            t = t.to(dtype) + self.modality_embed[m]
             if positions is not None and name in positions:
                 pos = positions[name]
                 if not isinstance(pos, torch.Tensor) or pos.shape[-2:] != t.shape[-2:] or pos.ndim > 3:
@@ -156,13 +246,15 @@ class MultimodalMoEBackbone(nn.Module):
             x = block(x, modality, grid, attn_mask, keep)
         x = self.norm(x)
         sizes = [tokens[n].shape[1] for n in names]
-        return dict(zip(names, x.split(sizes, dim=1)))
+        return {n: y.to(tokens[n].dtype) for n, y in zip(names, x.split(sizes, dim=1))}
 
     def _masks(self, names: list[str], tokens: dict[str, torch.Tensor], mask: dict[str, torch.Tensor] | None,
                modality: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Attention mask ``[B, 1, N, N]`` and flat indices of the real tokens (None when unused)."""
         if mask is None and self.cross_modal_attention:
             return None, None
+        if mask is not None and not isinstance(mask, dict):
+            raise TypeError(f"mask: expected a dict of modality name -> bool tensor, got {type(mask).__name__}")
         valid_parts = []
         for name in names:
             t = tokens[name]
@@ -181,7 +273,9 @@ class MultimodalMoEBackbone(nn.Module):
         attend = attend | torch.eye(N, dtype=torch.bool, device=valid.device)  # no empty rows
         keep = None
         if mask is not None:
-            if self.router in ("sample", "nested", "soft"):
-                raise ValueError(f"mask: padding masks need a token-level router, got router={self.router!r}")
+            for i, block in enumerate(self.blocks):
+                if isinstance(block.ffn, MoELayer) and not block.ffn.router.token_level:
+                    raise ValueError(f"mask: padding masks need token-level routers in every MoE block, got "
+                                     f"router={block.ffn.router_kind!r} in blocks[{i}]")
             keep = valid.reshape(-1).nonzero().squeeze(1)
         return attend.unsqueeze(1), keep

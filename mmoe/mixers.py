@@ -1,6 +1,7 @@
 """Token mixers of the backbone blocks, selectable by name through :data:`MIXERS`.
 
-A mixer is built as ``cls(dim=, num_heads=, modes=, spatial_dims=)`` and called as
+A mixer is built as ``MIXERS[name](dim=dim, **mixer_options)`` (see :func:`build_mixer`): its
+options are its own keyword arguments, with defaults. It is called as
 ``mixer(x [B, N, dim], grid, attn_mask=None)``, where ``grid`` is the spatial token grid (or None)
 and ``attn_mask [B, 1, N, N]`` (bool, True = may attend) restricts attention; mixers that do
 not attend ignore it.
@@ -8,11 +9,14 @@ not attend ignore it.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mmoe.validation import check_choice, check_options, check_positive_int
 
 MIXERS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -27,12 +31,43 @@ def register_mixer(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     return wrap
 
 
+def build_mixer(name: str, dim: int, options: Mapping[str, Any] | None = None) -> nn.Module:
+    """``MIXERS[name](dim=dim, **options)``, with clear errors.
+
+    Args:
+        name: a name from :data:`MIXERS`.
+        dim: token width.
+        options: the mixer's own keyword options (``mixer_options``), e.g. ``{"num_heads": 4}``.
+    """
+    check_choice("mixer", name, tuple(MIXERS))
+    check_positive_int("dim", dim)
+    cls = MIXERS[name]
+    options = check_options("mixer_options", options, cls, f"mixer {name!r}", ("dim",))
+    try:
+        return cls(dim=dim, **options)
+    except (TypeError, ValueError) as e:
+        error = TypeError if isinstance(e, TypeError) else ValueError
+        raise error(f"mixer_options={options!r} for mixer {name!r}: {e}") from e
+
+
+def _check_spectral(modes: object, spatial_dims: object) -> None:
+    check_positive_int("modes", modes)
+    if isinstance(spatial_dims, bool) or spatial_dims not in (1, 2):
+        raise ValueError(f"spatial_dims: expected 1 or 2, got {spatial_dims!r}")
+
+
 @register_mixer("attention")
 class SelfAttention(nn.Module):
-    """Multi-head self-attention over all tokens of all modalities."""
+    """Multi-head self-attention over all tokens of all modalities.
 
-    def __init__(self, dim: int, num_heads: int, modes: int = 0, spatial_dims: int = 0) -> None:
+    Args:
+        dim: token width.
+        num_heads: attention heads (a divisor of ``dim``).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 4) -> None:
         super().__init__()
+        check_positive_int("num_heads", num_heads)
         if dim % num_heads:
             raise ValueError(f"num_heads: expected a divisor of dim={dim}, got {num_heads}")
         self.num_heads = num_heads
@@ -49,9 +84,13 @@ class SelfAttention(nn.Module):
 
 @register_mixer("identity")
 class NoMixer(nn.Module):
-    """No token mixing (per-token MLP stacks)."""
+    """No token mixing (per-token MLP stacks).
 
-    def __init__(self, dim: int, num_heads: int, modes: int = 0, spatial_dims: int = 0) -> None:
+    Args:
+        dim: token width (unused).
+    """
+
+    def __init__(self, dim: int) -> None:
         super().__init__()
 
     def forward(self, x: torch.Tensor, grid: tuple[int, ...] | None = None,
@@ -68,16 +107,18 @@ class SpectralMixer(nn.Module):
     ``dim x dim`` matrices (both signs of the first axis in 2D), the rest are zeroed, and the
     result is transformed back. The same weights serve any grid size, so a model trained on
     one resolution runs on another.
+
+    Args:
+        dim: token width.
+        modes: Fourier modes kept per axis.
+        spatial_dims: 1 or 2, the number of grid axes.
     """
 
     uses_grid = True
 
-    def __init__(self, dim: int, num_heads: int = 1, modes: int = 8, spatial_dims: int = 2) -> None:
+    def __init__(self, dim: int, modes: int = 8, spatial_dims: int = 2) -> None:
         super().__init__()
-        if spatial_dims not in (1, 2):
-            raise ValueError(f"spatial_dims: expected 1 or 2, got {spatial_dims}")
-        if modes < 1:
-            raise ValueError(f"modes: expected >= 1, got {modes}")
+        _check_spectral(modes, spatial_dims)
         self.modes, self.spatial_dims = modes, spatial_dims
         shape = (modes,) if spatial_dims == 1 else (2, modes, modes)
         # real view of complex weights (safetensors and every optimizer handle real tensors)
@@ -108,13 +149,20 @@ class SpectralMixer(nn.Module):
 @register_mixer("hybrid")
 class HybridMixer(nn.Module):
     """Spectral and attention mixing in parallel (outputs summed): global Fourier operators
-    plus content- and position-dependent routing of information between tokens."""
+    plus content- and position-dependent routing of information between tokens.
+
+    Args:
+        dim: token width.
+        num_heads: attention heads (a divisor of ``dim``).
+        modes: Fourier modes kept per axis.
+        spatial_dims: 1 or 2, the number of grid axes.
+    """
 
     uses_grid = True
 
-    def __init__(self, dim: int, num_heads: int, modes: int = 8, spatial_dims: int = 2) -> None:
+    def __init__(self, dim: int, num_heads: int = 4, modes: int = 8, spatial_dims: int = 2) -> None:
         super().__init__()
-        self.spectral = SpectralMixer(dim, num_heads, modes, spatial_dims)
+        self.spectral = SpectralMixer(dim, modes, spatial_dims)
         self.attention = SelfAttention(dim, num_heads)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, ...] | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,9 +12,9 @@ from mmoe.capacity import expert_capacity, macs_priority
 from mmoe.experts import ACTIVATIONS, Experts
 from mmoe.kernels import BACKENDS, backend_ops
 from mmoe.kernels.reference import expert_counts
-from mmoe.routers import ROUTERS, Routing, build_router
+from mmoe.routers import ExpertChoiceRouter, Routing, SoftRouter, build_router
 from mmoe.stats import RoutingStats
-from mmoe.validation import check_choice, check_ids, check_positive_int, check_tensor
+from mmoe.validation import check_choice, check_ids, check_number, check_positive_int, check_tensor
 
 CAPACITY_MODES = ("macs", "static")
 
@@ -22,9 +23,15 @@ class MoELayer(nn.Module):
     """Sparse Mixture-of-Experts feed-forward layer; ``forward(x [..., dim], modality=None)``.
 
     Args:
-        dim: token width. hidden_dim: expert hidden width. num_experts: E. top_k: k.
-        router: a name from :data:`mmoe.routers.ROUTERS` (softmax, sigmoid, expert_choice,
-            soft, sample, beam).
+        dim: token width.
+        hidden_dim: hidden width of each expert.
+        num_experts: number of routed experts E.
+        top_k: experts per token k.
+        router: a name from :data:`mmoe.routers.ROUTERS` (softmax, sigmoid, expert_choice, soft,
+            sample, beam, nested, or one added with ``register_router``).
+        router_options: the router's own keyword options, e.g. ``{"renormalize": True}``,
+            ``{"bias_rate": 1e-3}`` (sigmoid), ``{"sparsity_weight": 1e-2}`` (beam),
+            ``{"slots": 2}`` (soft), ``{"groups": 2}`` (nested); see each router class.
         capacity_factor: ``None`` is dropless; else each expert takes at most
             ``C = ceil(cf * k * T / E)`` pairs, overflow is dropped (zero from that expert,
             the residual carries the token) and counted in ``stats``.
@@ -32,13 +39,10 @@ class MoELayer(nn.Module):
             (see :mod:`mmoe.capacity`); ``"static"`` drops the lowest gate weights regardless.
         num_modalities: number of modality ids accepted in ``forward``.
         num_shared_experts: experts applied to every token, beside the routed ones.
-        activation: ``"swiglu"`` or ``"gelu"``. backend: ``"auto"``, ``"torch"`` or ``"triton"``.
-        load_balance_weight, z_loss_weight: weights of the Switch load-balancing loss and of the
-            router z-loss in ``aux_loss``.
-        renormalize: divide the k gate weights by their sum (router default when None).
-        bias_rate: step of the sigmoid router's aux-loss-free bias. sparsity_weight: BEAM's mask
-            sparsity loss weight. soft_slots: slots per expert of the soft router. groups: expert
-            groups of the nested router (the last expert of each group is its shared expert).
+        activation: ``"swiglu"`` or ``"gelu"``.
+        backend: ``"auto"`` (triton for CUDA tensors), ``"torch"`` or ``"triton"``.
+        load_balance_weight: weight of the Switch load-balancing loss in ``aux_loss``.
+        z_loss_weight: weight of the router z-loss in ``aux_loss``.
         dead_window: an expert with no token in this many consecutive training forwards is dead.
         validate_inputs: check x for NaN/inf and modality ids for range (costs a host sync).
 
@@ -53,6 +57,7 @@ class MoELayer(nn.Module):
         num_experts: int,
         top_k: int = 2,
         router: str = "softmax",
+        router_options: dict[str, Any] | None = None,
         capacity_factor: float | None = None,
         capacity_mode: str = "macs",
         num_modalities: int = 1,
@@ -61,25 +66,20 @@ class MoELayer(nn.Module):
         backend: str = "auto",
         load_balance_weight: float = 1e-2,
         z_loss_weight: float = 1e-3,
-        renormalize: bool | None = None,
-        bias_rate: float = 1e-3,
-        sparsity_weight: float = 1e-2,
-        soft_slots: int = 1,
-        groups: int = 2,
         dead_window: int = 100,
         validate_inputs: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("dim", dim), ("hidden_dim", hidden_dim), ("num_experts", num_experts),
-                            ("top_k", top_k), ("num_modalities", num_modalities),
-                            ("soft_slots", soft_slots), ("groups", groups), ("dead_window", dead_window)):
+                            ("top_k", top_k), ("num_modalities", num_modalities), ("dead_window", dead_window)):
             check_positive_int(name, value)
         check_positive_int("num_shared_experts", num_shared_experts, minimum=0)
         if top_k > num_experts:
             raise ValueError(f"top_k: expected at most num_experts={num_experts}, got {top_k}")
-        if capacity_factor is not None and not (isinstance(capacity_factor, (int, float)) and capacity_factor > 0):
-            raise ValueError(f"capacity_factor: expected None or a number > 0, got {capacity_factor!r}")
-        check_choice("router", router, tuple(ROUTERS))
+        if capacity_factor is not None:
+            check_number("capacity_factor", capacity_factor, inclusive=False)
+        check_number("load_balance_weight", load_balance_weight)
+        check_number("z_loss_weight", z_loss_weight)
         check_choice("capacity_mode", capacity_mode, CAPACITY_MODES)
         check_choice("activation", activation, ACTIVATIONS)
         check_choice("backend", backend, BACKENDS)
@@ -88,8 +88,7 @@ class MoELayer(nn.Module):
         self.activation, self.backend = activation, backend
         self.load_balance_weight, self.z_loss_weight = load_balance_weight, z_loss_weight
         self.dead_window, self.validate_inputs = dead_window, validate_inputs
-        self.router = build_router(router, dim, num_experts, top_k, renormalize, bias_rate, sparsity_weight,
-                                   soft_slots, groups)
+        self.router = build_router(router, dim, num_experts, top_k, router_options)
         self.experts = Experts(num_experts, dim, hidden_dim, activation)
         self.shared_experts = Experts(num_shared_experts, dim, hidden_dim, activation) if num_shared_experts else None
         self.register_buffer("idle_steps", torch.zeros(num_experts, dtype=torch.long), persistent=False)
@@ -135,8 +134,9 @@ class MoELayer(nn.Module):
         xt = x.reshape(-1, self.dim)
         num_samples = math.prod(shape[:-2]) if x.ndim >= 3 else 1
         mod = modality.reshape(-1).long() if modality is not None else None
-        if self.router_kind == "soft":
-            y = self._soft_forward(x.reshape(num_samples, -1, self.dim), mod).reshape(-1, self.dim)
+        if isinstance(self.router, SoftRouter):
+            tokens_per_sample = shape[-2] if x.ndim >= 2 else 1
+            y = self._soft_forward(x.reshape(num_samples, tokens_per_sample, self.dim), mod).reshape(-1, self.dim)
         else:
             y = self._sparse_forward(xt, num_samples, mod)
         if self.shared_experts is not None:
@@ -146,7 +146,7 @@ class MoELayer(nn.Module):
     def _sparse_forward(self, xt: torch.Tensor, num_samples: int, mod: torch.Tensor | None) -> torch.Tensor:
         T, E = xt.shape[0], self.num_experts
         ops = backend_ops(self.backend, xt.device)
-        expert_choice = self.router_kind == "expert_choice"
+        expert_choice = isinstance(self.router, ExpertChoiceRouter)
         capacity = expert_capacity(self.capacity_factor if not expert_choice else (self.capacity_factor or 1.0),
                                    self.top_k, T, E)
         sample = torch.arange(num_samples, device=xt.device).repeat_interleave(T // max(num_samples, 1))

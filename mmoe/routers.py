@@ -2,28 +2,45 @@
 
 Every router owns ``weight [E, dim]`` (the checkpoint layout; the soft router has
 ``[E * slots, dim]``) and returns a :class:`Routing`. Routers are selected by name through
-:data:`ROUTERS` (``register_router`` adds one). The soft router is not pair-based: it mixes
-tokens into slots, and :class:`mmoe.MoELayer` runs it on its own path.
+:data:`ROUTERS` (``register_router`` adds one) and built with :func:`build_router`, which passes
+the router's own options (``router_options``) to its constructor as keywords: a router's
+options are its ``__init__`` arguments after ``dim, num_experts, top_k``. The soft router is not
+pair-based: it mixes tokens into slots, and :class:`mmoe.MoELayer` runs it on its own path.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from types import ModuleType
-from typing import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmoe.validation import check_bool, check_choice, check_number, check_options, check_positive_int
+
 ROUTERS: dict[str, type["Router"]] = {}
 
 
-def register_router(name: str) -> Callable[[type["Router"]], type["Router"]]:
-    """Class decorator that makes a router selectable by ``name``."""
+def register_router(name: str, *, replace: bool = False) -> Callable[[type["Router"]], type["Router"]]:
+    """Class decorator that makes a :class:`Router` subclass selectable by ``name``.
+
+    Args:
+        name: the name given as ``router=`` to :class:`mmoe.MoELayer` or a block spec.
+        replace: allow replacing a router already registered under ``name`` (refused otherwise).
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name: expected a non-empty str, got {name!r}")
+    if name in ROUTERS and not replace:
+        raise ValueError(f"name: a router {name!r} is already registered ({ROUTERS[name].__qualname__}); "
+                         f"pass replace=True to replace it")
 
     def wrap(cls: type[Router]) -> type[Router]:
+        if not (isinstance(cls, type) and issubclass(cls, Router)):
+            raise TypeError(f"register_router({name!r}): expected a Router subclass, got {cls!r}")
         ROUTERS[name] = cls
         cls.kind = name
         return cls
@@ -53,12 +70,25 @@ class Routing:
 
 
 class Router(nn.Module):
-    """Base router: a linear map from tokens to expert logits, computed in fp32."""
+    """Base router: a linear map from tokens to expert logits, computed in fp32.
+
+    A subclass takes ``(dim, num_experts, top_k)`` then its own options as keyword arguments
+    with defaults (checked in its ``__init__``), and implements :meth:`forward`.
+
+    Args:
+        dim: token width. num_experts: E. top_k: k, experts per token.
+    """
 
     kind = "base"
+    #: True when each token is routed on its own (any subset of tokens can be routed, e.g. with
+    #: padding removed); False when a decision depends on the other tokens of the sample
+    #: (sample-level pooling, soft slots).
+    token_level: bool = True
 
     def __init__(self, dim: int, num_experts: int, top_k: int) -> None:
         super().__init__()
+        for name, value in (("dim", dim), ("num_experts", num_experts), ("top_k", top_k)):
+            check_positive_int(name, value)
         self.dim, self.num_experts, self.top_k = dim, num_experts, top_k
         self.weight = nn.Parameter(torch.empty(num_experts, dim))
         nn.init.normal_(self.weight, std=dim**-0.5)
@@ -92,11 +122,15 @@ def _load_fraction(counts: torch.Tensor) -> torch.Tensor:
 
 @register_router("softmax")
 class SoftmaxRouter(Router):
-    """Softmax over experts, top-k; ``renormalize`` divides the k weights by their sum."""
+    """Softmax over experts, top-k.
+
+    Args:
+        renormalize: divide the k gate weights by their sum.
+    """
 
     def __init__(self, dim: int, num_experts: int, top_k: int, renormalize: bool = False) -> None:
         super().__init__(dim, num_experts, top_k)
-        self.renormalize = renormalize
+        self.renormalize = check_bool("renormalize", renormalize)
 
     def forward(self, x, sample, num_samples, ops, capacity):
         logits, top, pair_token = self._token_choice(x, ops, "softmax", self.renormalize)
@@ -113,11 +147,16 @@ class SigmoidRouter(Router):
     the chosen experts (renormalized over the k by default). In training, after each forward,
     ``bias[e] += bias_rate * sign(mean_load - load[e])``: overloaded experts become less
     likely to be chosen. The bias never receives gradients.
+
+    Args:
+        renormalize: divide the k gate weights by their sum.
+        bias_rate: step of the balancing bias per training forward (0 freezes it).
     """
 
     def __init__(self, dim: int, num_experts: int, top_k: int, renormalize: bool = True, bias_rate: float = 1e-3) -> None:
         super().__init__(dim, num_experts, top_k)
-        self.renormalize, self.bias_rate = renormalize, bias_rate
+        self.renormalize = check_bool("renormalize", renormalize)
+        self.bias_rate = check_number("bias_rate", bias_rate)
         self.register_buffer("bias", torch.zeros(num_experts))
 
     def forward(self, x, sample, num_samples, ops, capacity):
@@ -161,11 +200,16 @@ class SampleRouter(Router):
     Every token of a sample goes to the sample's k experts with the sample's weights. The
     sample logits are kept on the layer (``last_sample_logits``) so a task can add a
     supervised loss on them (PDE family, degradation type).
+
+    Args:
+        renormalize: divide the k gate weights by their sum.
     """
+
+    token_level = False
 
     def __init__(self, dim: int, num_experts: int, top_k: int, renormalize: bool = True) -> None:
         super().__init__(dim, num_experts, top_k)
-        self.renormalize = renormalize
+        self.renormalize = check_bool("renormalize", renormalize)
 
     def forward(self, x, sample, num_samples, ops, capacity):
         T, k = x.shape[0], self.top_k
@@ -188,12 +232,17 @@ class BeamRouter(Router):
     ``hard + soft - soft.detach()``. Pruned pairs are not computed. The sparsity loss
     ``sparsity_weight * mean(soft)`` over the prunable slots pushes masks shut;
     ``stats["active_experts_per_token"]`` reports the mean number of computed experts.
+
+    Args:
+        renormalize: divide the k gate weights by their sum (before masking).
+        sparsity_weight: weight of the mask sparsity loss in the layer's ``aux_loss``.
     """
 
     def __init__(self, dim: int, num_experts: int, top_k: int, renormalize: bool = False,
                  sparsity_weight: float = 1e-2) -> None:
         super().__init__(dim, num_experts, top_k)
-        self.renormalize, self.sparsity_weight = renormalize, sparsity_weight
+        self.renormalize = check_bool("renormalize", renormalize)
+        self.sparsity_weight = check_number("sparsity_weight", sparsity_weight)
         self.mask_weight = nn.Parameter(torch.zeros(num_experts, dim))
         self.mask_bias = nn.Parameter(torch.full((num_experts,), 2.0))  # masks start open
 
@@ -227,11 +276,18 @@ class NestedRouter(Router):
     token's pairs are its k routed experts with weights ``g * w`` and the group's shared expert
     with weight ``g``. The sample logits are kept as ``last_sample_logits`` for a supervised
     loss (e.g. PDE family). All in one dispatch, with no host sync.
+
+    Args:
+        groups: number of expert groups G; ``num_experts`` must be a multiple of G with at least
+            ``top_k + 1`` experts per group.
     """
+
+    token_level = False
 
     def __init__(self, dim: int, num_experts: int, top_k: int, groups: int = 2) -> None:
         super().__init__(dim, num_experts, top_k)
-        if groups < 1 or num_experts % groups or num_experts // groups < top_k + 1:
+        check_positive_int("groups", groups)
+        if num_experts % groups or num_experts // groups < top_k + 1:
             raise ValueError(f"groups: expected a divisor of num_experts={num_experts} leaving >= top_k+1="
                              f"{top_k + 1} experts per group, got {groups}")
         self.groups = groups
@@ -265,12 +321,17 @@ class SoftRouter(Router):
 
     ``weight [E * slots, dim]``. Per sample, slot inputs are softmax-over-tokens mixtures of
     the tokens; expert outputs return to tokens through a softmax over slots. Dropless by
-    construction; run by :class:`mmoe.MoELayer` directly.
+    construction; run by :class:`mmoe.MoELayer` directly (``top_k`` is unused).
+
+    Args:
+        slots: slots per expert.
     """
+
+    token_level = False
 
     def __init__(self, dim: int, num_experts: int, top_k: int, slots: int = 1) -> None:
         super().__init__(dim, num_experts, top_k)
-        self.slots = slots
+        self.slots = check_positive_int("slots", slots)
         self.weight = nn.Parameter(torch.empty(num_experts * slots, dim))
         nn.init.normal_(self.weight, std=dim**-0.5)
 
@@ -278,30 +339,22 @@ class SoftRouter(Router):
         raise RuntimeError("the soft router is run by MoELayer._soft_forward")
 
 
-def build_router(
-    name: str,
-    dim: int,
-    num_experts: int,
-    top_k: int,
-    renormalize: bool | None = None,
-    bias_rate: float = 1e-3,
-    sparsity_weight: float = 1e-2,
-    slots: int = 1,
-    groups: int = 2,
-) -> Router:
-    """Instantiate the router registered as ``name`` with the options it understands."""
-    if name not in ROUTERS:
-        raise ValueError(f"router: expected one of {tuple(ROUTERS)}, got {name!r}")
+def build_router(name: str, dim: int, num_experts: int, top_k: int,
+                 options: Mapping[str, Any] | None = None) -> Router:
+    """``ROUTERS[name](dim, num_experts, top_k, **options)``, with clear errors.
+
+    Args:
+        name: a name from :data:`ROUTERS`.
+        dim: token width. num_experts: E. top_k: k.
+        options: the router's own keyword options (``router_options``), e.g. ``{"groups": 2}``.
+    """
+    check_choice("router", name, tuple(ROUTERS))
+    for arg, value in (("dim", dim), ("num_experts", num_experts), ("top_k", top_k)):
+        check_positive_int(arg, value)
     cls = ROUTERS[name]
-    options: dict[str, object] = {}
-    if name in ("softmax", "sigmoid", "sample", "beam") and renormalize is not None:
-        options["renormalize"] = renormalize
-    if name == "sigmoid":
-        options["bias_rate"] = bias_rate
-    if name == "beam":
-        options["sparsity_weight"] = sparsity_weight
-    if name == "soft":
-        options["slots"] = slots
-    if name == "nested":
-        options["groups"] = groups
-    return cls(dim, num_experts, top_k, **options)
+    options = check_options("router_options", options, cls, f"router {name!r}", ("dim", "num_experts", "top_k"))
+    try:
+        return cls(dim, num_experts, top_k, **options)
+    except (TypeError, ValueError) as e:
+        error = TypeError if isinstance(e, TypeError) else ValueError
+        raise error(f"router_options={options!r} for router {name!r}: {e}") from e

@@ -5,17 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmoe import MoELayer, MultimodalMoEBackbone, collect_moe
+from mmoe import BlockSpec, MoELayer, MultimodalMoEBackbone, collect_moe
 
 
-def make(**kw) -> MultimodalMoEBackbone:
-    args = dict(modalities=["audio", "text"], dim=32, depth=3, num_heads=4, hidden_dim=24, num_experts=5, top_k=2)
-    return MultimodalMoEBackbone(**(args | kw))
+def make(depth: int = 3, dense: tuple[int, ...] = (), mixer: str = "attention", **kw) -> MultimodalMoEBackbone:
+    """Two modalities, dim 32, ``depth`` blocks (those in ``dense`` with a dense FFN); ``kw`` are BlockSpec fields."""
+    options = {"num_heads": 4} if mixer == "attention" else {}
+    spec = dict(mixer=mixer, mixer_options=options, hidden_dim=24, num_experts=5, top_k=2) | kw
+    blocks = [BlockSpec(**spec, ffn="dense" if i in dense else "moe") for i in range(depth)]
+    return MultimodalMoEBackbone(["audio", "text"], dim=32, blocks=blocks)
 
 
 def test_returns_tokens_per_modality_and_trains() -> None:
     torch.manual_seed(0)
-    bb = make(moe_blocks=[0, 2], num_shared_experts=1, capacity_factor=1.0)
+    bb = make(dense=(1,), num_shared_experts=1, capacity_factor=1.0)
     tokens = {"audio": torch.randn(2, 7, 32), "text": torch.randn(2, 3, 32)}
     out = bb(tokens)
     assert {k: tuple(v.shape) for k, v in out.items()} == {"audio": (2, 7, 32), "text": (2, 3, 32)}
@@ -63,7 +66,5 @@ def test_bad_input() -> None:
         bb(torch.randn(1, 2, 32))
     with pytest.raises(ValueError, match=r"positions\['audio'\]"):
         bb({"audio": torch.randn(1, 2, 32)}, positions={"audio": torch.randn(1, 3, 32)})
-    with pytest.raises(ValueError, match="moe_blocks"):
-        make(moe_blocks=[5])
-    with pytest.raises(ValueError, match="mixer"):
+    with pytest.raises(ValueError, match=r"blocks\[0\]\.mixer: expected one of"):
         make(mixer="conv")

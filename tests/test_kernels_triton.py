@@ -338,7 +338,8 @@ def test_moe_layer_triton_backend_matches_torch_backend(router, cf):
     from mmoe import MoELayer
 
     torch.manual_seed(0)
-    kw = dict(router=router, capacity_factor=cf, num_modalities=2, groups=2)
+    kw = dict(router=router, router_options={"groups": 2} if router == "nested" else None, capacity_factor=cf,
+              num_modalities=2)
     ref_layer = MoELayer(24, 20, 6, 2, backend="torch", **kw).to(DEVICE).eval()
     tri_layer = MoELayer(24, 20, 6, 2, backend="triton", **kw).to(DEVICE).eval()
     tri_layer.load_state_dict(ref_layer.state_dict())

@@ -46,7 +46,7 @@ def test_spectral_mixer_commutes_with_shifts(spatial_dims: int, grid: tuple) -> 
 
 
 def test_spectral_mixer_bad_grid() -> None:
-    mixer = MIXERS["spectral"](dim=4, num_heads=1, modes=2, spatial_dims=2)
+    mixer = MIXERS["spectral"](dim=4, modes=2, spatial_dims=2)
     with pytest.raises(ValueError, match="grid"):
         mixer(torch.randn(1, 10, 4), (3, 3))
     with pytest.raises(ValueError, match="grid"):

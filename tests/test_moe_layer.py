@@ -13,10 +13,12 @@ from naive_moe import naive_forward
 ROUTERS = ["softmax", "sigmoid", "expert_choice", "soft", "sample", "beam", "nested"]
 
 
-def make_layer(router: str, E: int = 5, k: int = 2, dim: int = 12, hidden: int = 10, **kw) -> MoELayer:
+def make_layer(router: str, E: int = 5, k: int = 2, dim: int = 12, hidden: int = 10,
+               router_options: dict | None = None, **kw) -> MoELayer:
+    options = dict(router_options or {})
     if router == "nested":  # two groups of (k routed + 1 shared) experts at least
-        E, kw = max(E, 2 * (k + 1)) + max(E, 2 * (k + 1)) % 2, kw | {"groups": 2}
-    layer = MoELayer(dim, hidden, E, k, router=router, backend="torch", **kw)
+        E, options = max(E, 2 * (k + 1)) + max(E, 2 * (k + 1)) % 2, options | {"groups": 2}
+    layer = MoELayer(dim, hidden, E, k, router=router, router_options=options, backend="torch", **kw)
     if router == "sigmoid":  # a non-zero bias, so selection differs from plain top-k of the scores
         layer.router.bias.copy_(torch.randn(E) * 0.1)
     if router == "beam":  # some masks shut, some open
@@ -58,7 +60,8 @@ def test_router_matches_naive(router: str, T: int) -> None:
 @pytest.mark.parametrize("cf", [0.5, 1.25])
 def test_capacity_matches_naive_and_counts_drops(router: str, cf: float) -> None:
     torch.manual_seed(1)
-    layer = make_layer(router, E=6, k=3, capacity_factor=cf, activation="gelu", renormalize=True)
+    options = {} if router == "nested" else {"renormalize": True}  # nested has no renormalize option
+    layer = make_layer(router, E=6, k=3, capacity_factor=cf, activation="gelu", router_options=options)
     x = torch.randn(3, 17, 12)
     compare(layer, x)
     _, dropped = naive_forward(layer, x)
@@ -152,8 +155,8 @@ def test_stats_per_modality_and_dead_experts() -> None:
         (dict(backend="cuda"), "backend"),
         (dict(capacity_mode="dynamic"), "capacity_mode"),
         (dict(num_experts=0, top_k=1), "num_experts"),
-        (dict(router="nested", num_experts=8, top_k=2, groups=3), "groups"),
-        (dict(router="nested", num_experts=8, top_k=4, groups=2), "groups"),
+        (dict(router="nested", num_experts=8, top_k=2, router_options={"groups": 3}), "groups"),
+        (dict(router="nested", num_experts=8, top_k=4, router_options={"groups": 2}), "groups"),
     ],
 )
 def test_bad_constructor_arguments(kwargs: dict, name: str) -> None:

@@ -33,8 +33,9 @@ def forbid_host_sync():
 @pytest.mark.parametrize("router", ["softmax", "sigmoid", "expert_choice", "soft", "sample", "beam", "nested"])
 @pytest.mark.parametrize("capacity_factor", [None, 0.8])
 def test_forward_and_backward_do_not_sync(router: str, capacity_factor: float | None) -> None:
-    layer = MoELayer(16, 16, 6, 2, router=router, groups=2, capacity_factor=capacity_factor, num_modalities=2,
-                     num_shared_experts=1, validate_inputs=False, backend="torch")
+    options = {"groups": 2} if router == "nested" else {}
+    layer = MoELayer(16, 16, 6, 2, router=router, router_options=options, capacity_factor=capacity_factor,
+                     num_modalities=2, num_shared_experts=1, validate_inputs=False, backend="torch")
     x = torch.randn(2, 9, 16, requires_grad=True)
     modality = torch.randint(0, 2, (2, 9))
     with forbid_host_sync():

@@ -14,7 +14,7 @@ def skewed_tokens(n: int, dim: int, direction: torch.Tensor) -> torch.Tensor:
 def test_aux_free_bias_balances_a_skewed_load() -> None:
     torch.manual_seed(0)
     dim, E = 16, 8
-    layer = MoELayer(dim, 16, E, 2, router="sigmoid", bias_rate=0.01, backend="torch")
+    layer = MoELayer(dim, 16, E, 2, router="sigmoid", router_options={"bias_rate": 0.01}, backend="torch")
     direction = torch.randn(dim)
     direction /= direction.norm()
     with torch.no_grad():  # experts 0 and 1 are aligned with the tokens' common direction
@@ -41,7 +41,7 @@ def test_aux_free_bias_balances_a_skewed_load() -> None:
 
 def test_aux_free_bias_changes_selection_not_gate_weights() -> None:
     torch.manual_seed(1)
-    layer = MoELayer(8, 8, 6, 2, router="sigmoid", renormalize=False, backend="torch").eval()
+    layer = MoELayer(8, 8, 6, 2, router="sigmoid", router_options={"renormalize": False}, backend="torch").eval()
     x = torch.randn(40, 8)
     scores = torch.sigmoid(x @ layer.router.weight.t())
     layer.router.bias.copy_(torch.tensor([5.0, 5.0, 0, 0, 0, 0]))  # forces experts 0 and 1
@@ -56,7 +56,7 @@ def test_aux_free_bias_changes_selection_not_gate_weights() -> None:
 
 def test_beam_mask_lowers_active_experts_under_sparsity_loss() -> None:
     torch.manual_seed(2)
-    layer = MoELayer(16, 16, 8, 4, router="beam", sparsity_weight=1.0, backend="torch")
+    layer = MoELayer(16, 16, 8, 4, router="beam", router_options={"sparsity_weight": 1.0}, backend="torch")
     opt = torch.optim.Adam(layer.parameters(), lr=0.05)
     x = torch.randn(256, 16)
     target = torch.randn(256, 16)
@@ -76,7 +76,7 @@ def test_beam_mask_lowers_active_experts_under_sparsity_loss() -> None:
 
 def test_beam_without_sparsity_keeps_useful_experts() -> None:
     torch.manual_seed(3)
-    layer = MoELayer(16, 16, 8, 4, router="beam", sparsity_weight=0.0, backend="torch")
+    layer = MoELayer(16, 16, 8, 4, router="beam", router_options={"sparsity_weight": 0.0}, backend="torch")
     layer(torch.randn(64, 16))
     assert float(layer.stats.extra["active_experts_per_token"]) == 4.0
 
