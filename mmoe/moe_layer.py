@@ -175,7 +175,7 @@ class MoELayer(nn.Module):
 
     def _aux_loss(self, r: Routing) -> torch.Tensor:
         loss = r.logits.new_zeros(())
-        if r.logits.shape[0] == 0:
+        if r.token_probs.shape[0] == 0:  # no token (a sample-level router may still have empty samples)
             return loss if r.extra_loss is None else loss + r.extra_loss
         if r.load_fraction is not None and self.load_balance_weight:
             loss = loss + self.load_balance_weight * self.num_experts * (r.load_fraction * r.probs.mean(0)).sum()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
 import torch
 
-from mmoe.mixers import MIXERS, SpectralMixer
+from mmoe.mixers import MIXERS, SpectralMixer, build_mixer
 
 
 def band_limited(n: int, dim: int, seed: int = 0) -> torch.Tensor:
@@ -59,3 +60,27 @@ def test_hybrid_mixer_is_spectral_plus_attention() -> None:
     x = torch.randn(2, 12, 8)
     expected = mixer.spectral(x, (3, 4)) + mixer.attention(x, (3, 4))
     torch.testing.assert_close(mixer(x, (3, 4)), expected)
+
+
+@pytest.mark.parametrize("name,accepted", [("attention", ["num_heads"]), ("identity", []),
+                                           ("spectral", ["modes", "spatial_dims"]),
+                                           ("hybrid", ["num_heads", "modes", "spatial_dims"])])
+def test_mixers_take_only_their_own_keyword_options(name: str, accepted: list) -> None:
+    """``MIXERS[name](dim=dim, **mixer_options)``: defaults for every option, no unused arguments."""
+    assert list(inspect.signature(MIXERS[name]).parameters) == ["dim", *accepted]
+    mixer = build_mixer(name, 8)  # all defaults
+    assert mixer(torch.randn(2, 16, 8), (4, 4)).shape == (2, 16, 8)
+    with pytest.raises(ValueError, match=rf"mixer_options: mixer '{name}' does not accept \['depth'\]; it accepts"):
+        build_mixer(name, 8, {"depth": 2})
+
+
+def test_build_mixer_passes_options_and_names_bad_ones() -> None:
+    assert build_mixer("attention", 8, {"num_heads": 2}).num_heads == 2
+    mixer = build_mixer("hybrid", 8, {"num_heads": 2, "modes": 3, "spatial_dims": 1})
+    assert (mixer.attention.num_heads, mixer.spectral.modes, mixer.spectral.spatial_dims) == (2, 3, 1)
+    with pytest.raises(ValueError, match=r"mixer_options=\{'num_heads': 3\} for mixer 'attention': num_heads"):
+        build_mixer("attention", 8, {"num_heads": 3})
+    with pytest.raises(TypeError, match="mixer_options: expected a mapping"):
+        build_mixer("attention", 8, ["num_heads"])
+    with pytest.raises(ValueError, match="mixer: expected one of"):
+        build_mixer("conv", 8)
