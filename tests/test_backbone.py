@@ -68,3 +68,18 @@ def test_bad_input() -> None:
         bb({"audio": torch.randn(1, 2, 32)}, positions={"audio": torch.randn(1, 3, 32)})
     with pytest.raises(ValueError, match=r"blocks\[0\]\.mixer: expected one of"):
         make(mixer="conv")
+
+
+def test_padding_is_invisible_and_needs_token_level_routers() -> None:
+    torch.manual_seed(2)
+    bb = make(depth=2).eval()
+    a, t = torch.randn(2, 5, 32), torch.randn(2, 3, 32)
+    mask = {"audio": torch.tensor([[True] * 3 + [False] * 2, [True] * 5])}
+    out = bb({"audio": a, "text": t}, mask=mask)
+    assert bb.blocks[0].ffn.stats.tokens_per_modality.tolist() == [8, 6]  # padded tokens are never routed
+    alone = bb({"audio": a[:1, :3], "text": t[:1]})
+    torch.testing.assert_close(out["audio"][0, :3], alone["audio"][0], rtol=1e-5, atol=1e-5)
+    for router, options in (("sample", {}), ("nested", {"groups": 2}), ("soft", {})):
+        pooled = make(depth=2, num_experts=6, router=router, router_options=options)
+        with pytest.raises(ValueError, match=rf"mask: padding masks need token-level routers.*'{router}' in blocks\[0\]"):
+            pooled({"audio": a, "text": t}, mask=mask)
