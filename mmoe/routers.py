@@ -11,8 +11,8 @@ pair-based: it mixes tokens into slots, and :class:`mmoe.MoELayer` runs it on it
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -76,7 +76,9 @@ class Router(nn.Module):
     with defaults (checked in its ``__init__``), and implements :meth:`forward`.
 
     Args:
-        dim: token width. num_experts: E. top_k: k, experts per token.
+        dim: token width.
+        num_experts: number of experts E.
+        top_k: experts per token k.
     """
 
     kind = "base"
@@ -345,7 +347,9 @@ def build_router(name: str, dim: int, num_experts: int, top_k: int,
 
     Args:
         name: a name from :data:`ROUTERS`.
-        dim: token width. num_experts: E. top_k: k.
+        dim: token width.
+        num_experts: number of experts E.
+        top_k: experts per token k.
         options: the router's own keyword options (``router_options``), e.g. ``{"groups": 2}``.
     """
     check_choice("router", name, tuple(ROUTERS))
