@@ -1,7 +1,7 @@
 """Quality of the shipped emotion configs: train each, test, print a table (and release one).
 
     python benchmarks/emotion.py                                   # mister_e + both ablations
-    python benchmarks/emotion.py --configs mister_e --max_time 00:00:02:00
+    python benchmarks/emotion.py --configs mister_e --max_steps 300          # a trial, not a recipe
     python benchmarks/emotion.py --configs mister_e --release emotion-mister-e   # + zoo export
 
 Each config is trained with ``mmoe fit`` semantics (LightningCLI, the config's seed), and its
@@ -26,7 +26,7 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 
 from mmoe.cli import cli_main
 from mmoe.datamodules import EmotionDataModule
-from mmoe.datamodules.emotion_synthetic import UTTERANCE_TYPES
+from mmoe.datamodules.emotion.synthetic import UTTERANCE_TYPES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "emotion"
@@ -68,12 +68,12 @@ def evaluate(model, data_args: dict) -> dict:
     return summarize(collect(model, dm), model.model.experts, dm.num_classes)
 
 
-def run_config(name: str, max_time: str | None, run_dir: str) -> dict:
+def run_config(name: str, max_steps: int | None, run_dir: str) -> dict:
     config = CONFIGS / f"{name}.yaml"
     args = ["fit", "--config", str(config), "--run_dir", run_dir, "--run_name", name,
             "--trainer.enable_progress_bar", "false"]
-    if max_time:
-        args += ["--trainer.max_time", max_time]
+    if max_steps:
+        args += ["--trainer.max_steps", str(max_steps)]
     start = time.perf_counter()
     cli = cli_main(args)
     train_seconds = time.perf_counter() - start
@@ -107,14 +107,14 @@ def release(run: dict, config_name: str, name: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=DEFAULT, help="config names under configs/emotion")
-    parser.add_argument("--max_time", default=None, help="override the configs' training budget (DD:HH:MM:SS)")
+    parser.add_argument("--max_steps", type=int, default=None, help="override the recipes' steps (a trial)")
     parser.add_argument("--run_dir", default="runs/bench_emotion")
     parser.add_argument("--release", default=None, help="zoo name to export the first config's checkpoint as")
     args = parser.parse_args()
     out = Path(args.run_dir) / "results.json"
     results = json.loads(out.read_text()) if out.exists() else {}
     for name in args.configs:
-        results[name] = run_config(name, args.max_time, args.run_dir)
+        results[name] = run_config(name, args.max_steps, args.run_dir)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2))
     print("\n# Emotion recognition, embedded synthetic conversations, test split")

@@ -1,6 +1,20 @@
-"""Lightning datamodules, one per task."""
+"""Lightning datamodules, one subpackage per task, imported on first use (see ``DATAMODULES``)."""
 
-from mmoe.datamodules.emotion import EmotionDataModule
-from mmoe.datamodules.pde import PDEDataModule
+from __future__ import annotations
 
-__all__ = ["EmotionDataModule", "PDEDataModule"]
+import importlib
+from typing import Any
+
+#: public datamodule class name -> module that defines it
+DATAMODULES: dict[str, str] = {
+    "PDEDataModule": "mmoe.datamodules.pde.datamodule",
+    "EmotionDataModule": "mmoe.datamodules.emotion.datamodule",
+}
+
+__all__ = ["DATAMODULES", *DATAMODULES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in DATAMODULES:
+        return getattr(importlib.import_module(DATAMODULES[name]), name)
+    raise AttributeError(f"module 'mmoe.datamodules' has no attribute {name!r}")

@@ -207,6 +207,10 @@ class MultimodalMoEBackbone(nn.Module):
         self.blocks = nn.ModuleList(layers)
         self.norm = nn.LayerNorm(dim)
 
+    def no_weight_decay(self) -> list[str]:
+        """Parameters that are tables, not weights: the optimizer does not decay them."""
+        return ["modality_embed"]
+
     def forward(
         self,
         tokens: dict[str, torch.Tensor],

@@ -91,6 +91,9 @@ def export_checkpoint(
     if not ckpt.is_file():
         raise FileNotFoundError(f"--ckpt: no such file {str(ckpt)!r}")
 
+    manifest_file = out_dir / zoo.MANIFEST_NAME
+    # the manifest is read first: a bad one must stop the export before anything is published
+    data = zoo.read_manifest(manifest_file) if manifest_file.is_file() else {"models": []}
     class_path, init_args, state_dict = read_checkpoint(ckpt)
     model = build_model(class_path, init_args, state_dict, str(ckpt))
     try:
@@ -104,6 +107,9 @@ def export_checkpoint(
     tensors = {k: (v.to(dtypes[dtype]) if v.is_floating_point() else v).detach().to("cpu").contiguous().clone()
                for k, v in model.state_dict().items()}
     meta = {"class_path": class_path, "init_args": init_json, "task": task, "mmoe_version": __version__, "name": name}
+    preprocess = init_args.get("preprocess")
+    if preprocess is not None:  # also inside init_args; stated on its own so readers need not parse them
+        meta["preprocess"] = json.dumps(preprocess, sort_keys=True)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / f"{name}.safetensors"
@@ -112,23 +118,23 @@ def export_checkpoint(
     try:
         save_file(tensors, tmp, metadata=meta)
         _load_safetensors(Path(tmp), "cpu")  # it must load back before it is published
+        row = {
+            "name": name, "task": task, "config": cfg.as_posix(), "file": dest.name,
+            "sha256": zoo.file_sha256(Path(tmp)), "size_bytes": Path(tmp).stat().st_size,
+            "training_data": training_data, "metrics": metrics, "description": description, "dtype": dtype,
+        }
+        if preprocess is not None:
+            row["preprocess"] = preprocess
+        rows = [r for r in data["models"] if r["name"] != name]
+        idx = next((i for i, r in enumerate(data["models"]) if r["name"] == name), len(rows))
+        rows.insert(idx, row)  # a replaced row keeps its place
+        # the row is checked and written first, the weights renamed last: a failure in between
+        # leaves a row whose hash no file matches yet (refused on load), never unlisted weights
+        zoo.write_manifest({**data, "models": rows}, manifest_file)
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-    row = {
-        "name": name, "task": task, "config": cfg.as_posix(), "file": dest.name,
-        "sha256": zoo.file_sha256(dest), "size_bytes": dest.stat().st_size,
-        "training_data": training_data, "metrics": metrics, "description": description, "dtype": dtype,
-    }
-    manifest_file = out_dir / zoo.MANIFEST_NAME
-    data = zoo.read_manifest(manifest_file) if manifest_file.is_file() else {"models": []}
-    rows = [r for r in data["models"] if r["name"] != name]
-    idx = next((i for i, r in enumerate(data["models"]) if r["name"] == name), len(rows))
-    rows.insert(idx, row)  # a replaced row keeps its place
-    data["models"] = rows
-    zoo.write_manifest(data, manifest_file)
     return row
 
 

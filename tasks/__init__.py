@@ -1,7 +1,27 @@
-"""Lightning task modules: BaseMoETask and one module per task."""
+"""Lightning task modules: BaseMoETask and one subpackage per task, imported on first use.
 
-from mmoe.tasks.base import BaseMoETask
-from mmoe.tasks.emotion import EmotionTask
-from mmoe.tasks.pde import PDETask
+``TASKS`` maps each public task class name to its module; ``mmoe.tasks.PDETask`` (and the
+CLI's short class names) import only that task's module, so a PDE run does not import the
+emotion task's audio and text libraries.
+"""
 
-__all__ = ["BaseMoETask", "EmotionTask", "PDETask"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from mmoe.tasks.base import BaseMoETask, OptimConfig
+
+#: public task class name -> module that defines it
+TASKS: dict[str, str] = {
+    "PDETask": "mmoe.tasks.pde.task",
+    "EmotionTask": "mmoe.tasks.emotion.task",
+}
+
+__all__ = ["TASKS", "BaseMoETask", "OptimConfig", *TASKS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in TASKS:
+        return getattr(importlib.import_module(TASKS[name]), name)
+    raise AttributeError(f"module 'mmoe.tasks' has no attribute {name!r}")

@@ -1,76 +1,127 @@
 """BaseMoETask: the LightningModule every mmoe task builds on.
 
-A task fills in three hooks (TorchGeo style) and two methods:
+A task fills in three hooks (TorchGeo style) and a few methods:
 
-* ``configure_models()`` builds ``self.model`` (embedders, backbone, head),
+* ``configure_models()`` builds ``self.model`` (a plain ``nn.Module``: embedders, backbone, head),
 * ``configure_losses()`` and ``configure_metrics()`` (``train_metrics``, ``val_metrics``,
   ``test_metrics``: torchmetrics),
-* ``forward(batch)`` returns the model output for a batch dict,
 * ``task_loss(output, batch)`` returns the task's scalar loss,
-* ``update_metrics(split, output, batch)`` feeds the split's metrics,
-* optionally ``routing_classes(batch)`` (class id per sample, for the experts x class map)
-  and ``validation_figures()`` (extra figures at validation end),
-* ``predict(...)`` for the Python inference API.
+* ``update_metrics(split, output, batch)`` feeds the split's metrics (and, when
+  :attr:`collect_figures` is true, whatever ``validation_figures()`` will draw),
+* optionally ``routing_classes(batch)`` (class id per sample, for the experts x class map),
+* ``prepare_inputs(...)`` / ``finish_outputs(output, context)`` for :meth:`predict`; they
+  live in the task's ``io.py``.
+
+Class attributes: ``monitor`` and ``mode`` (the metric the checkpoint callback follows),
+``preprocess_class`` (the task's typed preprocessing config, a dataclass: whatever predict needs
+to treat inputs as training did; the datamodule provides it as ``datamodule.preprocess``).
 
 The training loss is the task loss plus ``aux_loss_weight`` times the sum of the aux losses
-of every MoE layer. Routing stats are accumulated over each epoch and logged per layer;
+of every MoE layer. Routing stats are accumulated per split and epoch and logged per layer;
 at validation end an experts x layers (and experts x class) heat map is saved as a PNG in
-the run folder and sent to a TensorBoard logger when one is attached.
+the run folder and sent to a TensorBoard logger when one is attached. The optimizer is
+AdamW with the :class:`OptimConfig` in ``self.optim`` (the CLI's ``optim:`` section).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import Timer
 from torch import nn
 
 from mmoe.moe_layer import MoELayer
 from mmoe.stats import collect_moe
-from mmoe.validation import check_choice
 
-SCHEDULERS = ("cosine", "plateau", "none")
+SPLITS = ("train", "val", "test")
+#: module types whose parameters are never weight-decayed (normalisation layers, lookup tables)
+NO_DECAY_MODULES: tuple[type[nn.Module], ...] = (
+    nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm, nn.Embedding, nn.EmbeddingBag,
+)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its learning-rate schedule (one config for every task: the CLI's ``optim:``).
+
+    Args:
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay (not applied to norms, biases, embedding and positional tables).
+        scheduler: ``"cosine"`` (over the run's planned optimizer steps, after ``warmup_steps``),
+            ``"plateau"`` (halve on a plateau of the task's ``monitor``) or ``"none"``.
+        warmup_steps: linear warm-up steps of the cosine schedule.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    scheduler: Literal["cosine", "plateau", "none"] = "cosine"
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"optim.lr: expected a finite number > 0, got {self.lr!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
+                and self.weight_decay >= 0):
+            raise ValueError(f"optim.weight_decay: expected a finite number >= 0, got {self.weight_decay!r}")
+        if self.scheduler not in ("cosine", "plateau", "none"):
+            raise ValueError(f"optim.scheduler: expected 'cosine', 'plateau' or 'none', got {self.scheduler!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps: expected an int >= 0, got {self.warmup_steps!r}")
+
+
+def as_config(cls: type, value: Any, name: str) -> Any:
+    """``value`` as dataclass ``cls``: None gives the defaults, a dict (from a file) is checked
+    for unknown keys."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"{name}: unknown keys {unknown}; expected keys from {sorted(known)}")
+        return cls(**value)
+    raise TypeError(f"{name}: expected a {cls.__name__} or a dict, got {type(value).__name__}")
 
 
 class BaseMoETask(LightningModule):
     """Base class of the task modules; see the module docstring for the hooks.
 
     Args:
-        lr: AdamW learning rate. weight_decay: AdamW weight decay.
-        scheduler: ``"cosine"`` (over the run's optimizer steps or its ``max_time``, whichever
-            is further along, after ``warmup_steps``),
-            ``"plateau"`` (on ``val/loss``) or ``"none"``.
-        warmup_steps: linear warm-up steps for the cosine schedule.
         aux_loss_weight: weight of the summed MoE auxiliary losses in the training loss.
-        log_routing: log routing stats and heat maps.
+        log_routing: log routing stats and routing heat maps.
     """
 
-    monitor = "val/loss"
+    monitor: str = "val/loss"
+    mode: Literal["min", "max"] = "min"
+    preprocess_class: type | None = None
 
-    def __init__(
-        self,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-2,
-        scheduler: str = "cosine",
-        warmup_steps: int = 0,
-        aux_loss_weight: float = 1.0,
-        log_routing: bool = True,
-    ) -> None:
+    def __init__(self, aux_loss_weight: float = 1.0, log_routing: bool = True) -> None:
         super().__init__()
-        check_choice("scheduler", scheduler, SCHEDULERS)
-        if lr <= 0:
-            raise ValueError(f"lr: expected > 0, got {lr}")
+        if not (isinstance(aux_loss_weight, (int, float)) and math.isfinite(aux_loss_weight) and aux_loss_weight >= 0):
+            raise ValueError(f"aux_loss_weight: expected a finite number >= 0, got {aux_loss_weight!r}")
         self.save_hyperparameters()
+        if self.preprocess_class is not None:
+            self.pre = as_config(self.preprocess_class, self.hparams.get("preprocess"), "preprocess")
+            self._hparams["preprocess"] = self._hparams_initial["preprocess"] = self.pre
+        # typed configs are stored as plain dicts: checkpoints stay loadable with weights_only=True
+        for store in (self._hparams, self._hparams_initial):
+            for key, value in list(store.items()):
+                if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                    store[key] = dataclasses.asdict(value)
+        self.optim = OptimConfig()
         self.model: nn.Module
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
-        self._routing: dict[str, dict[str, torch.Tensor]] = {}
-        self._class_routing: dict[str, torch.Tensor] = {}
+        self._routing: dict[str, dict[str, dict[str, torch.Tensor]]] = {s: {} for s in SPLITS}
+        self._class_routing: dict[str, dict[str, torch.Tensor]] = {s: {} for s in SPLITS}
 
     # ------------------------------------------------------------------ hooks
     def configure_models(self) -> None:
@@ -85,6 +136,9 @@ class BaseMoETask(LightningModule):
     def split_metrics(self, split: str):
         """The metric (or MetricCollection) of ``split``, or None."""
         return getattr(self, f"{split}_metrics", None)
+
+    def forward(self, batch: dict[str, Any]) -> Any:
+        return self.model(batch)
 
     def task_loss(self, output: Any, batch: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError
@@ -102,8 +156,13 @@ class BaseMoETask(LightningModule):
 
     def validation_figures(self) -> dict[str, Any]:
         """Extra matplotlib figures to log at validation end (name -> figure); tasks collect
-        what they show during ``update_metrics("val", ...)``."""
+        what they show during ``update_metrics("val", ...)`` while :attr:`collect_figures`."""
         return {}
+
+    @property
+    def collect_figures(self) -> bool:
+        """False during Lightning's sanity-check batches, whose content stays out of the figures."""
+        return not self._sanity_checking()
 
     # ------------------------------------------------------------------ steps
     def _shared_step(self, split: str, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
@@ -116,9 +175,13 @@ class BaseMoETask(LightningModule):
                  on_step=split == "train")
         self.log(f"{split}/task_loss", task, batch_size=bs, on_epoch=True, on_step=False)
         self.log(f"{split}/aux_loss", moe.aux_loss, batch_size=bs, on_epoch=True, on_step=False)
-        if self.hparams.log_routing:
-            self._accumulate_routing(moe.stats, batch)
+        if self.hparams.log_routing and not self._sanity_checking():
+            self._accumulate_routing(split, moe.stats, batch)
         return loss, output
+
+    def _sanity_checking(self) -> bool:
+        trainer = getattr(self, "_trainer", None)
+        return bool(trainer is not None and trainer.sanity_checking)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, output = self._shared_step("train", batch)
@@ -138,37 +201,44 @@ class BaseMoETask(LightningModule):
         self._log_routing("train")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
-        if self.hparams.log_routing and not self.trainer.sanity_checking:
-            self._log_routing("val", figures=True)
-            for name, fig in self.validation_figures().items():
-                self._save_figure(name, fig)
-        self._routing, self._class_routing = {}, {}
+        sanity = self._sanity_checking()
+        self._log_metrics("val", log=not sanity)
+        figures = self.validation_figures()  # always called: it also clears what the task collected
+        if sanity:
+            _close(figures)
+            self._routing["val"], self._class_routing["val"] = {}, {}
+            return
+        for name, fig in figures.items():
+            self._save_figure(name, fig)
+        self._log_routing("val", figures=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
         self._log_routing("test")
 
-    def _log_metrics(self, split: str) -> None:
+    def _log_metrics(self, split: str, log: bool = True) -> None:
         metric = self.split_metrics(split)
         if metric is None or not _updated(metric):
             return
         values = metric.compute()
+        metric.reset()
+        if not log:
+            return
         values = values if isinstance(values, dict) else {type(metric).__name__: values}
+        names = self.class_names() or []
         for name, value in values.items():
             if value.numel() == 1:
                 self.log(f"{split}/{name}", value.float(), prog_bar=split != "train")
             else:
                 for i, v in enumerate(value.flatten()):
-                    label = (self.class_names() or [])[i] if i < len(self.class_names() or []) else str(i)
-                    self.log(f"{split}/{name}_{label}", v.float())
-        metric.reset()
+                    self.log(f"{split}/{name}_{names[i] if i < len(names) else i}", v.float())
 
     # ---------------------------------------------------------------- routing
-    def _accumulate_routing(self, stats: dict, batch: dict[str, Any]) -> None:
+    def _accumulate_routing(self, split: str, stats: dict, batch: dict[str, Any]) -> None:
         classes = self.routing_classes(batch)
+        routing, class_routing = self._routing[split], self._class_routing[split]
         for name, s in stats.items():
-            acc = self._routing.setdefault(name, {})
+            acc = routing.setdefault(name, {})
             for key in ("tokens_per_expert", "dropped_per_modality", "tokens_per_modality"):
                 value = getattr(s, key).detach().float()
                 acc[key] = acc[key] + value if key in acc else value
@@ -176,17 +246,19 @@ class BaseMoETask(LightningModule):
             layer = self.get_submodule(name)
             if classes is not None and isinstance(layer, MoELayer) and layer.last_assignment is not None:
                 per_class = layer.class_load(classes, int(classes.max()) + 1 if classes.numel() else 1)
-                prev = self._class_routing.get(name)
-                if prev is not None and prev.shape[0] < per_class.shape[0]:
-                    prev = torch.nn.functional.pad(prev, (0, 0, 0, per_class.shape[0] - prev.shape[0]))
-                elif prev is not None and prev.shape[0] > per_class.shape[0]:
-                    per_class = torch.nn.functional.pad(per_class, (0, 0, 0, prev.shape[0] - per_class.shape[0]))
-                self._class_routing[name] = per_class if prev is None else prev + per_class
+                prev = class_routing.get(name)
+                if prev is not None:
+                    rows = max(prev.shape[0], per_class.shape[0])
+                    prev = nn.functional.pad(prev, (0, 0, 0, rows - prev.shape[0]))
+                    per_class = nn.functional.pad(per_class, (0, 0, 0, rows - per_class.shape[0])) + prev
+                class_routing[name] = per_class
 
     def _log_routing(self, split: str, figures: bool = False) -> None:
-        if not self.hparams.log_routing or not self._routing:
+        routing, class_routing = self._routing[split], self._class_routing[split]
+        self._routing[split], self._class_routing[split] = {}, {}
+        if not self.hparams.log_routing or not routing:
             return
-        for name, acc in self._routing.items():
+        for name, acc in routing.items():
             load = acc["tokens_per_expert"]
             frac = load / load.sum().clamp_min(1)
             self.log(f"routing_{split}/{name}/max_over_mean_load", float(load.max() / load.mean().clamp_min(1e-12)))
@@ -198,13 +270,11 @@ class BaseMoETask(LightningModule):
                 self.log(f"routing_{split}/{name}/drop_rate_m{m}", d)
         if figures:
             self._save_figure("routing_experts_x_layers", self._heatmap(
-                {n: a["tokens_per_expert"] for n, a in self._routing.items()}, "layer"))
-            for name, table in self._class_routing.items():
-                rows = {(self.class_names() or [])[c] if c < len(self.class_names() or []) else f"class {c}": table[c]
-                        for c in range(table.shape[0])}
+                {n: a["tokens_per_expert"] for n, a in routing.items()}, "layer"))
+            names = self.class_names() or []
+            for name, table in class_routing.items():
+                rows = {names[c] if c < len(names) else f"class {c}": table[c] for c in range(table.shape[0])}
                 self._save_figure(f"routing_experts_x_class_{name}", self._heatmap(rows, "class"))
-        if split != "val":
-            self._routing, self._class_routing = {}, {}
 
     @staticmethod
     def _heatmap(rows: dict[str, torch.Tensor], ylabel: str):
@@ -245,41 +315,85 @@ class BaseMoETask(LightningModule):
         plt.close(fig)
 
     # ------------------------------------------------------------- optimizers
+    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """``(decay, no_decay)``: biases, parameters of :data:`NO_DECAY_MODULES` and those a module
+        lists in ``no_weight_decay()`` (positional / modality tables) are not decayed."""
+        no_decay: set[int] = set()
+        for mod_name, module in self.named_modules():
+            if isinstance(module, NO_DECAY_MODULES):
+                no_decay.update(id(p) for p in module.parameters(recurse=False))
+            if hasattr(module, "no_weight_decay"):
+                no_decay.update(id(module.get_parameter(n)) for n in module.no_weight_decay())
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, nn.Parameter):
+                no_decay.add(id(bias))
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [p for p in params if id(p) not in no_decay], [p for p in params if id(p) in no_decay]
+
     def configure_optimizers(self):
-        hp = self.hparams
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "norm" in name or "embed" in name else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr)
-        if hp.scheduler == "none":
+        cfg = self.optim
+        decay, no_decay = self.parameter_groups()
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        if cfg.scheduler == "none":
             return opt
-        if hp.scheduler == "plateau":
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=3)
+        if cfg.scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=self.mode, factor=0.5, patience=3)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.monitor}}
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm = min(hp.warmup_steps, total - 1)
-        # With a wall-clock budget (trainer max_time) the run ends before the step horizon:
-        # follow whichever of steps and time is further along, so the schedule completes.
-        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        warm = min(cfg.warmup_steps, total - 1)
 
         def factor(step: int) -> float:
             if step < warm:
                 return (step + 1) / max(1, warm)
-            progress = (step - warm) / max(1, total - warm)
-            if timer is not None and timer.time_remaining("train") is not None:
-                elapsed = timer.time_elapsed("train")
-                progress = max(progress, elapsed / max(1e-9, elapsed + timer.time_remaining("train")))
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    # -------------------------------------------------------------- inference
+    def prepare_inputs(self, *args: Any, **kwargs: Any) -> tuple[dict[str, torch.Tensor], Any]:
+        """Check and pre-process predict's inputs: ``(batch on the CPU, context for finish_outputs)``."""
+        raise NotImplementedError(f"{type(self).__name__} has no predict")
+
+    def finish_outputs(self, output: Any, context: Any) -> Any:
+        """Post-process the model output of :meth:`prepare_inputs`' batch into plain results."""
+        raise NotImplementedError(f"{type(self).__name__} has no predict")
+
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
+        """Inference on plain inputs (the task's ``predict`` documents them): eval mode, no_grad,
+        the model's device and floating dtype; the training mode found is restored. Non-finite
+        outputs raise ``ValueError``."""
+        batch, context = self.prepare_inputs(*args, **kwargs)
+        param = next((p for p in self.parameters() if p.is_floating_point()), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None else torch.float32
+        batch = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) if isinstance(v, torch.Tensor)
+                 else v for k, v in batch.items()}
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                output = self(batch)
+        finally:
+            self.train(was_training)
+        for key, value in (output.items() if isinstance(output, dict) else [("output", output)]):
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"predict: the model produced NaN or inf ({key}); the input is outside the range "
+                                 "the model can handle (check its scale and dtype)")
+        return self.finish_outputs(output, context)
+
     # -------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mmoe_class_path"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["mmoe_optim"] = dataclasses.asdict(self.optim)
+
+
+def _close(figures: dict[str, Any]) -> None:
+    import matplotlib.pyplot as plt
+
+    for fig in figures.values():
+        plt.close(fig)
 
 
 def _updated(metric: Any) -> bool:

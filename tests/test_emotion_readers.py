@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-from mmoe.datamodules.emotion_readers import IEMOCAP_CLASSES, MELD_CLASSES, read_iemocap, read_meld, read_wav
+from mmoe.datamodules.emotion.readers import IEMOCAP_CLASSES, MELD_CLASSES, read_iemocap, read_meld, read_wav
 
 RATE = 16_000
 
@@ -228,7 +228,7 @@ def test_datamodule_reads_meld_and_iemocap_layouts_into_model_batches(tmp_path: 
     assert batch["labels"].tolist() == [[MELD_CLASSES.index("joy"), MELD_CLASSES.index("disgust")],
                                         [MELD_CLASSES.index("fear"), -1]]
     assert batch["audio_lengths"].tolist() == [int(0.2 * RATE)] * 3
-    task = EmotionTask(class_names=list(MELD_CLASSES), dim=16, depth=1, num_heads=2, hidden_dim=16, num_experts=4,
+    task = EmotionTask(preprocess=dm.preprocess, dim=16, depth=1, num_heads=2, hidden_dim=16, num_experts=4,
                        n_mels=16)
     out = task(batch)
     assert out["logits"].shape == (3, 7) and torch.isfinite(task.task_loss(out, batch))

@@ -1,18 +1,16 @@
-"""PDE task: metric against a numpy reference, resolution change, predict layouts, CLI run, load."""
+"""PDE task: metric against a numpy reference, resolution change, predict layouts and units, short names."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
-import mmoe
 from mmoe.cli import cli_main
 from mmoe.tasks import PDETask
-from mmoe.tasks.metrics import RelativeL2
+from mmoe.tasks.pde import PDEPreprocess
+from mmoe.tasks.pde.metrics import RelativeL2
 
 SMALL = dict(patch_size=4, dim=16, depth=2, num_heads=2, hidden_dim=16, num_groups=2, experts_per_group=3,
              top_k=1, modes=3)
@@ -40,7 +38,7 @@ def test_relative_l2_matches_numpy_reference() -> None:
                                                 (1, (3, 2, 128)), (1, (2, 2, 50))])
 def test_operator_runs_at_any_resolution(spatial_dims: int, shape: tuple) -> None:
     torch.manual_seed(0)
-    task = PDETask(in_channels=shape[1], spatial_dims=spatial_dims, **SMALL)
+    task = PDETask(preprocess=PDEPreprocess(spatial_dims, shape[1], family_names=[], resolution=None), **SMALL)
     y = task(dict(input=torch.randn(*shape)))
     assert y.shape == (shape[0], 1, *shape[2:])
     assert torch.isfinite(y).all()
@@ -49,13 +47,13 @@ def test_operator_runs_at_any_resolution(spatial_dims: int, shape: tuple) -> Non
 def test_operator_trained_at_32_runs_its_32_grid_at_64() -> None:
     """At 64x64 the prediction is the 32x32 operator resampled (plus the pointwise skip path)."""
     torch.manual_seed(1)
-    task = PDETask(in_channels=2, spatial_dims=2, train_resolution=32, **SMALL).eval()
+    task = PDETask(preprocess=PDEPreprocess(2, 2, family_names=[], resolution=32), **SMALL).eval()
     x32 = torch.randn(2, 2, 32, 32)
     x64 = x32.repeat_interleave(2, -1).repeat_interleave(2, -2)  # bilinear-downsamples back to x32 exactly
     y64 = task(dict(input=x64)) - task.model.skip(x64)
     expected = torch.nn.functional.interpolate(task.model._operator(x32), size=(64, 64), mode="bilinear")
     torch.testing.assert_close(y64, expected, rtol=1e-4, atol=1e-5)
-    native = PDETask(in_channels=2, spatial_dims=2, **SMALL).eval()
+    native = PDETask(preprocess=PDEPreprocess(2, 2, family_names=[], resolution=None), **SMALL).eval()
     native.load_state_dict(task.state_dict())
     other = native(dict(input=x64)) - native.model.skip(x64)
     assert (other - expected).norm() / expected.norm() > 0.1  # without resampling the patches differ
@@ -63,7 +61,7 @@ def test_operator_trained_at_32_runs_its_32_grid_at_64() -> None:
 
 def test_predict_layouts_and_bad_input() -> None:
     torch.manual_seed(2)
-    task = PDETask(in_channels=4, spatial_dims=2, **SMALL)
+    task = PDETask(preprocess=PDEPreprocess(2, 4, family_names=[], resolution=None), **SMALL)
     f = np.random.default_rng(0).normal(size=(20, 24)).astype(np.float32)
     y = task.predict(f)
     assert isinstance(y, np.ndarray) and y.shape == (20, 24)
@@ -87,57 +85,24 @@ def test_predict_layouts_and_bad_input() -> None:
         task.predict([[1.0, 2.0]])
 
 
-def tiny_config(tmp_path: Path) -> Path:
-    cfg = {
-        "seed_everything": 0,
-        "run_name": "tiny",
-        "run_dir": str(tmp_path / "runs"),
-        "trainer": {"accelerator": "cpu", "max_epochs": 2, "limit_train_batches": 3, "limit_val_batches": 2,
-                    "limit_test_batches": 2, "log_every_n_steps": 1, "enable_model_summary": False},
-        "model": {"class_path": "PDETask", "init_args": {"in_channels": 5, "spatial_dims": 2,
-                                                         "family_names": ["darcy", "heat", "advection", "allen_cahn"],
-                                                         **SMALL, "num_groups": 4}},
-        "data": {"class_path": "PDEDataModule", "init_args": {
-            "spatial_dims": 2, "resolution": 16, "num_samples_per_family": 20, "batch_size": 8,
-            "cache_dir": str(tmp_path / "cache")}},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def test_cli_fit_test_and_load_checkpoint(tmp_path: Path) -> None:
-    config = tiny_config(tmp_path)
-    cli = cli_main(["fit", "--config", str(config), "--test_after_fit", "true"])
-    assert "test/rel_l2" in cli.trainer.callback_metrics
-    run = Path(cli.trainer.log_dir)
-    assert run.is_relative_to(tmp_path / "runs" / "tiny")
-    assert (run / "config.yaml").exists()
-    assert (run / "metrics.csv").exists()
-    assert list(run.glob("figures/routing_experts_x_layers_*.png"))
-    assert list(run.glob("figures/routing_experts_x_class_*.png"))
-    assert list(run.glob("figures/pde_samples_*.png"))
-    ckpts = sorted(run.glob("checkpoints/*.ckpt"))
-    assert ckpts
-    header = (run / "metrics.csv").read_text().splitlines()[0]
-    for column in ("val/rel_l2", "val/rel_l2_darcy", "val/family_routing_acc", "train/loss_step"):
-        assert column in header
-    assert "routing_val/model.backbone.blocks.0.ffn/dead_experts" in header
-
-    test_cli = cli_main(["test", "--config", str(config), "--ckpt_path", str(ckpts[-1])])
-    assert "test/rel_l2" in test_cli.trainer.callback_metrics
-
-    pred_cli = cli_main(["predict", "--config", str(config), "--ckpt_path", str(ckpts[-1])])
-    predictions = pred_cli.trainer.predict_loop.predictions
-    assert predictions and predictions[0].shape[1:] == (1, 16, 16) and torch.isfinite(predictions[0]).all()
-
-    model = mmoe.load(str(ckpts[-1]))
-    state = torch.load(ckpts[-1], weights_only=True)["state_dict"]
-    ref = PDETask(in_channels=5, spatial_dims=2, family_names=["darcy", "heat", "advection", "allen_cahn"],
-                  **(SMALL | {"num_groups": 4}))
-    ref.load_state_dict(state)
-    field = torch.randn(2, 5, 16, 16)
-    torch.testing.assert_close(model.predict(field), ref.eval().predict(field))
+def test_predict_returns_physical_units() -> None:
+    """With a family whose training units differ, predict scales the input down and the output up."""
+    torch.manual_seed(4)
+    pre = PDEPreprocess(input_scale={"darcy": 12.0}, target_scale={"darcy": 0.01})
+    task = PDETask(preprocess=pre, **SMALL)
+    a = np.where(np.random.default_rng(1).random((16, 16)) > 0.5, 12.0, 3.0).astype(np.float32)
+    x = torch.zeros(1, 5, 16, 16)
+    x[0, 0] = torch.from_numpy(a) / 12.0
+    raw = task.eval()(dict(input=x))[0, 0].detach().numpy()
+    np.testing.assert_allclose(task.predict(a, family="darcy"), raw * 0.01, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(task.predict(a, family="heat"), task.eval()(dict(input=x * 12))[0, 0].detach().numpy(),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="family: this model's families were trained in different units"):
+        task.predict(a)
+    with pytest.raises(ValueError, match="family: expected one of"):
+        task.predict(a, family="burgers")
+    with pytest.raises(ValueError, match="NaN or inf"):  # finite input, non-finite output: said at the boundary
+        task.predict(np.full((16, 16), 3e38, dtype=np.float32), family="heat")
 
 
 def test_print_config_resolves_short_names(capsys) -> None:
@@ -151,8 +116,7 @@ def test_print_config_resolves_short_names(capsys) -> None:
 
 def test_validation_figure_shows_every_family() -> None:
     torch.manual_seed(3)
-    task = PDETask(in_channels=5, spatial_dims=2, family_names=["darcy", "heat", "advection", "allen_cahn"],
-                   **(SMALL | {"num_groups": 4}))
+    task = PDETask(**(SMALL | {"num_groups": 4}))
     for fam in ([0, 0, 1], [1, 3, 3], [2]):  # families spread over several validation batches
         batch = {"input": torch.randn(len(fam), 5, 16, 16), "target": torch.randn(len(fam), 1, 16, 16),
                  "family": torch.tensor(fam)}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mmoe
-from mmoe.datamodules.pde import generate_family
+from mmoe.datamodules.pde.datamodule import generate_family, unit_scales
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,26 +30,30 @@ def test_pde_release_is_listed_and_loads_by_name(zoo_env: Path, monkeypatch: pyt
     monkeypatch.setenv("MMOE_OFFLINE", "1")  # now from the cache only
     again = mmoe.load("pde-nested-moe-2d")
     field = torch.randn(1, 5, 32, 32)
-    torch.testing.assert_close(model.predict(field), again.predict(field))
+    torch.testing.assert_close(model.predict(field, family="heat"), again.predict(field, family="heat"))
+    row = next(m for m in mmoe.list_models() if m["name"] == "pde-nested-moe-2d")
+    assert row["preprocess"]["target_scale"] == {"darcy": 0.01}  # predict's units travel with the entry
 
 
 @pytest.mark.parametrize("family,resolution,bound", [("darcy", 64, 0.10), ("heat", 32, 0.05), ("allen_cahn", 48, 0.08)])
 def test_pde_release_solves_new_problems(zoo_env: Path, family: str, resolution: int, bound: float) -> None:
-    """Fresh samples (a seed the training never used), also at other resolutions than 32x32."""
+    """Fresh samples (a seed the training never used), also at other resolutions than 32x32, in
+    physical units in and out."""
     model = mmoe.load("pde-nested-moe-2d")
     data = generate_family(family, 6, resolution, seed=12345, progress=False)
+    in_scale, target_scale = unit_scales(family)
     x = np.zeros((6, 5, resolution, resolution), dtype=np.float32)
-    x[:, 0] = data["field"]
+    x[:, 0] = data["field"] * in_scale  # physical units (the stored field is divided by the scale)
     x[:, 1:] = data["params"][:, :, None, None]  # constant parameter channels
-    pred = model.predict(x)[:, 0]
-    rel = np.linalg.norm((pred - data["target"]).reshape(6, -1), axis=1) / np.linalg.norm(
-        data["target"].reshape(6, -1), axis=1)
+    pred = model.predict(x, family=family)[:, 0]
+    target = data["target"] * target_scale
+    rel = np.linalg.norm((pred - target).reshape(6, -1), axis=1) / np.linalg.norm(target.reshape(6, -1), axis=1)
     assert rel.mean() < bound, rel
 
 
 def test_emotion_release_predicts_new_conversations(zoo_env: Path) -> None:
     """Fresh conversations (a seed the training never used), through the public predict API."""
-    from mmoe.datamodules.emotion_synthetic import CLASSES, UTTERANCE_TYPES, generate_conversations
+    from mmoe.datamodules.emotion.synthetic import CLASSES, UTTERANCE_TYPES, generate_conversations
 
     assert "emotion-mister-e" in [m["name"] for m in mmoe.list_models()]
     model = mmoe.load("emotion-mister-e")

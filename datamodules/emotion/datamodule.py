@@ -1,10 +1,10 @@
 """EmotionDataModule: emotion recognition in conversations (speech + text).
 
 ``dataset="synthetic"`` (the default) generates conversations of raw audio and text
-(:mod:`mmoe.datamodules.emotion_synthetic`, no download); ``"iemocap"`` and ``"meld"`` read the
-real datasets from ``root`` (:mod:`mmoe.datamodules.emotion_readers`). Splits are by
+(:mod:`mmoe.datamodules.emotion.synthetic`, no download); ``"iemocap"`` and ``"meld"`` read the
+real datasets from ``root`` (:mod:`mmoe.datamodules.emotion.readers`). Splits are by
 conversation. A batch holds ``batch_size`` conversations in the layout of
-:mod:`mmoe.conversation`.
+:mod:`mmoe.datamodules.emotion.conversation`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from mmoe.conversation import SAMPLE_RATE, collate_conversations
-from mmoe.datamodules.emotion_readers import IEMOCAP_CLASSES, MELD_CLASSES, read_iemocap, read_meld
-from mmoe.datamodules.emotion_synthetic import CLASSES, UTTERANCE_TYPES, generate_conversations
+from mmoe.datamodules.emotion.conversation import SAMPLE_RATE, collate_conversations
+from mmoe.datamodules.emotion.readers import IEMOCAP_CLASSES, MELD_CLASSES, read_iemocap, read_meld
+from mmoe.datamodules.emotion.synthetic import CLASSES, UTTERANCE_TYPES, generate_conversations
 from mmoe.validation import check_choice, check_positive_int
 
 DATASETS = ("synthetic", "iemocap", "meld")
@@ -26,7 +26,7 @@ DATASETS = ("synthetic", "iemocap", "meld")
 class ConversationDataset(Dataset):
     """Conversations (lists of utterance dicts). Generated audio is kept as int16 in memory and
     returned as float; paths and arrays are read, checked and resampled by the collate function
-    (:func:`mmoe.conversation.collate_conversations`)."""
+    (:func:`mmoe.datamodules.emotion.conversation.collate_conversations`)."""
 
     def __init__(self, conversations: list[list[dict]]) -> None:
         self.conversations = conversations
@@ -107,6 +107,14 @@ class EmotionDataModule(LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def preprocess(self):
+        """The settings the model takes from the data (the CLI links them to ``model.preprocess``)."""
+        from mmoe.tasks.emotion.io import EmotionPreprocess  # here: the task's io imports this package
+
+        hp = self.hparams
+        return EmotionPreprocess(list(self.class_names), SAMPLE_RATE, hp.context_length, hp.max_seconds)
 
     def _split(self, conversations: list, fraction_val: float, fraction_test: float) -> tuple[list, list, list]:
         order = np.random.default_rng(self.hparams.seed + 1).permutation(len(conversations))

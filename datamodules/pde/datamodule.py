@@ -1,7 +1,7 @@
 """PDE operator-learning data: generated families (embedded default) and PDEBench HDF5 files.
 
 Embedded default (``path=None``): samples are produced once by the solvers in
-:mod:`mmoe.datamodules.pde_solvers` and cached under ``$MMOE_HOME/data/pde/`` (default
+:mod:`mmoe.datamodules.pde.solvers` and cached under ``$MMOE_HOME/data/pde/`` (default
 ``~/.cache/mmoe``), one ``.npz`` per family whose name carries a hash of every generation
 parameter and the solver version, so changing any of them regenerates.
 
@@ -50,7 +50,8 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mmoe.datamodules import pde_solvers as S
+from mmoe.datamodules.pde import solvers as S
+from mmoe.tasks.pde.io import PDEPreprocess
 
 FAMILIES: dict[int, tuple[str, ...]] = {2: ("darcy", "heat", "advection", "allen_cahn"), 1: ("burgers",)}
 IN_CHANNELS: dict[int, int] = {2: 5, 1: 2}
@@ -151,10 +152,7 @@ def generate_family(
                 target[sl] = S.periodic_interpolate(u, grid)
             bar.update(sl.stop - sl.start)
 
-    # Stored = physical / scale. Darcy pressure is ~1e-2, so it is scaled to O(1); the scales
-    # are constants, not data statistics, so that they agree across resolutions.
-    input_scale = float(p["a_high"]) if family == "darcy" else 1.0
-    target_scale = float(p["target_scale"]) if family == "darcy" else 1.0
+    input_scale, target_scale = unit_scales(family)
     meta = {
         "family": family, "dim": dim, "resolution": resolution, "num_samples": num_samples, "seed": seed,
         "params": p, "solver_version": S.SOLVER_VERSION, "input_scale": input_scale,
@@ -206,6 +204,16 @@ def load_or_generate(
         Path(tmp).unlink(missing_ok=True)
         raise
     return data
+
+
+def unit_scales(family: str) -> tuple[float, float]:
+    """``(input_scale, target_scale)``: stored = physical / scale. Darcy pressure is ~1e-2, so it
+    is scaled to O(1); the scales are constants, not data statistics, so they agree across
+    resolutions and travel with a model (``PDEPreprocess``)."""
+    if family == "darcy":
+        p = FAMILY_PARAMS["darcy"]
+        return float(p["a_high"]), float(p["target_scale"])
+    return 1.0, 1.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -415,6 +423,17 @@ class PDEDataModule(pl.LightningDataModule):
                 f"{arg}: {n} samples with test_fraction={test_fraction}, val_fraction={val_fraction} "
                 f"leave {n_train} for training and {round(tf * n)} for test; need at least 1 each"
             )
+
+    @property
+    def preprocess(self) -> PDEPreprocess:
+        """The settings the model takes from the data (the CLI links them to ``model.preprocess``)."""
+        if self.hparams.path is None:
+            scales = {f: unit_scales(f) for f in self.family_names}
+            return PDEPreprocess(self.dim, self.in_channels, self.out_channels, list(self.family_names),
+                                 self.resolution, {f: s[0] for f, s in scales.items() if s[0] != 1.0},
+                                 {f: s[1] for f, s in scales.items() if s[1] != 1.0})
+        _, _, shape = inspect_pdebench(self.hparams.path, "path", self.dim)
+        return PDEPreprocess(self.dim, self.in_channels, self.out_channels, [], int(shape[0]))
 
     # -- data ------------------------------------------------------------------------------
     def _load_family(self, family: str) -> dict[str, Any]:

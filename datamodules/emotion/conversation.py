@@ -23,6 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from mmoe.datamodules.emotion.readers import pcm_to_float, read_wav
+
 SAMPLE_RATE = 16_000
 
 
@@ -47,21 +49,21 @@ def prepare_audio(audio: Any, sample_rate: int | None, target_rate: int = SAMPLE
     wav path; resampled with torchaudio, cropped to ``max_seconds``. Raises ValueError or
     TypeError naming ``name`` for bad input."""
     if isinstance(audio, (str, os.PathLike)):
-        from mmoe.datamodules.emotion_readers import read_wav
 
         wave, rate = read_wav(audio)
         if sample_rate is not None and sample_rate != rate:
             raise ValueError(f"{name}: sample_rate {sample_rate} given for a wav file recorded at {rate} Hz")
         sample_rate, audio = rate, wave
-    if isinstance(audio, np.ndarray):
-        if not (np.issubdtype(audio.dtype, np.floating) or np.issubdtype(audio.dtype, np.integer)):
+    if isinstance(audio, torch.Tensor) and not audio.is_floating_point():
+        if audio.dtype in (torch.bool, torch.complex64, torch.complex128):
             raise TypeError(f"{name}: expected real numbers, got dtype {audio.dtype}")
-        if np.issubdtype(audio.dtype, np.integer):  # PCM samples
-            audio = audio.astype(np.float32) / float(np.iinfo(audio.dtype).max)
-        x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+        audio = audio.detach().cpu().numpy()  # integer PCM: one conversion for arrays and files
+    if isinstance(audio, np.ndarray):
+        if audio.dtype == np.bool_ or not (np.issubdtype(audio.dtype, np.floating)
+                                           or np.issubdtype(audio.dtype, np.integer)):
+            raise TypeError(f"{name}: expected real numbers, got dtype {audio.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(pcm_to_float(audio)))
     elif isinstance(audio, torch.Tensor):
-        if not audio.is_floating_point():
-            raise TypeError(f"{name}: expected a floating-point tensor, got dtype {audio.dtype}")
         x = audio.detach().float().cpu()
     else:
         raise TypeError(f"{name}: expected a 1-D numpy array, torch.Tensor or wav path, got {type(audio).__name__}")

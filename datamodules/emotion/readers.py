@@ -35,6 +35,18 @@ _MELD_SPLITS = ("train", "dev", "test")
 _MELD_COLUMNS = ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")
 
 
+def pcm_to_float(data: np.ndarray) -> np.ndarray:
+    """float32 samples from PCM: integers are mapped to [-1, 1) the way wav files store them
+    (unsigned: offset by half their range, as 8-bit wav; signed: divided by 2**(bits-1));
+    floats are kept. The one conversion for wav files and arrays alike."""
+    if np.issubdtype(data.dtype, np.unsignedinteger):
+        half = float(np.iinfo(data.dtype).max // 2 + 1)
+        return ((data.astype(np.float64) - half) / half).astype(np.float32)
+    if np.issubdtype(data.dtype, np.signedinteger):  # 24-bit data arrives left-justified in int32
+        return (data.astype(np.float64) / float(np.iinfo(data.dtype).max + 1)).astype(np.float32)
+    return data.astype(np.float32)
+
+
 def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Mono float32 waveform in [-1, 1] and its sample rate, read with ``scipy.io.wavfile``.
 
@@ -51,14 +63,9 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         raise ValueError(f"cannot read wav file {path}: {e}") from e
     if data.size == 0:
         raise ValueError(f"empty wav file: {path}")
-    if data.dtype == np.uint8:
-        wav = (data.astype(np.float32) - 128.0) / 128.0
-    elif np.issubdtype(data.dtype, np.signedinteger):  # 24-bit data arrives left-justified in int32
-        wav = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
-    elif np.issubdtype(data.dtype, np.floating):
-        wav = data.astype(np.float32)
-    else:
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
         raise ValueError(f"unsupported wav sample type {data.dtype} in {path}")
+    wav = pcm_to_float(data)
     if wav.ndim == 2:
         wav = wav.mean(axis=1)
     return np.clip(wav, -1.0, 1.0).astype(np.float32, copy=False), int(rate)

@@ -1,0 +1,182 @@
+"""PDETask: operator learning on PDE fields with the nested-MoE operator (:mod:`.model`)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchmetrics import Accuracy
+
+from mmoe.moe_layer import MoELayer
+from mmoe.tasks.base import BaseMoETask
+from mmoe.tasks.pde.io import PDEPreprocess, finish_field, prepare_field
+from mmoe.tasks.pde.metrics import RelativeL2
+from mmoe.tasks.pde.model import NestedMoEOperator
+from mmoe.validation import check_choice, check_positive_int
+
+
+class PDETask(BaseMoETask):
+    """Operator learning on PDE fields with a nested MoE operator.
+
+    Args:
+        preprocess: the data's settings (channels, families, training resolution, unit scales);
+            the CLI links it from the datamodule, a zoo file carries it. None: the embedded 2D data.
+        patch_size: grid points per patch side. dim: token width. depth: backbone blocks.
+        num_heads: attention heads. hidden_dim: expert hidden width.
+        num_groups: expert groups, one chosen per sample.
+        experts_per_group: experts per group: ``top_k`` of ``experts_per_group - 1`` routed
+            experts plus one shared expert act on each token.
+        top_k: routed experts per token inside the group.
+        mixer: token mixer: ``"spectral"``, ``"attention"`` or ``"hybrid"`` (both).
+        modes: Fourier modes of the spectral mixer.
+        moe: False gives the dense baseline with equal active parameters.
+        family_loss_weight: weight of the cross-entropy between the sample-level group logits
+            and the family label (samples with family -1 are ignored).
+        aux_loss_weight: weight of the MoE auxiliary losses. log_routing: log routing stats and maps.
+    """
+
+    monitor = "val/rel_l2"
+    mode = "min"
+    preprocess_class = PDEPreprocess
+
+    def __init__(
+        self,
+        preprocess: PDEPreprocess | None = None,
+        patch_size: int = 4,
+        dim: int = 64,
+        depth: int = 4,
+        num_heads: int = 4,
+        hidden_dim: int = 128,
+        num_groups: int = 4,
+        experts_per_group: int = 4,
+        top_k: int = 1,
+        mixer: Literal["spectral", "attention", "hybrid"] = "spectral",
+        modes: int = 8,
+        moe: bool = True,
+        family_loss_weight: float = 0.1,
+        aux_loss_weight: float = 1.0,
+        log_routing: bool = True,
+    ) -> None:
+        for name, value in (("patch_size", patch_size), ("dim", dim), ("depth", depth), ("num_heads", num_heads),
+                            ("hidden_dim", hidden_dim), ("num_groups", num_groups),
+                            ("experts_per_group", experts_per_group), ("top_k", top_k), ("modes", modes)):
+            check_positive_int(name, value)
+        check_choice("mixer", mixer, ("spectral", "attention", "hybrid"))
+        if not family_loss_weight >= 0:
+            raise ValueError(f"family_loss_weight: expected >= 0, got {family_loss_weight!r}")
+        super().__init__(aux_loss_weight=aux_loss_weight, log_routing=log_routing)
+
+    def configure_models(self) -> None:
+        hp, pre = self.hparams, self.pre
+        self.model = NestedMoEOperator(
+            pre.in_channels, pre.out_channels, pre.spatial_dims, hp.patch_size, hp.dim, hp.depth, hp.num_heads,
+            hp.hidden_dim, hp.num_groups, hp.experts_per_group, hp.top_k, hp.mixer, hp.modes, hp.moe,
+            pre.resolution,
+        )
+
+    def configure_metrics(self) -> None:
+        names = list(self.pre.family_names)
+        self.train_metrics, self.val_metrics, self.test_metrics = (RelativeL2(names) for _ in range(3))
+        groups = max(2, self.hparams.num_groups)
+        self.val_routing_acc, self.test_routing_acc = (Accuracy(task="multiclass", num_classes=groups) for _ in range(2))
+
+    def class_names(self) -> list[str] | None:
+        return list(self.pre.family_names) or None
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.model(batch["input"])
+
+    def _group_logits(self) -> list[torch.Tensor]:
+        return [m.last_sample_logits for m in self.modules()
+                if isinstance(m, MoELayer) and m.last_sample_logits is not None]
+
+    def task_loss(self, output: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        target = batch["target"]
+        B = target.shape[0]
+        diff = (output - target).reshape(B, -1).norm(dim=1)
+        loss = (diff / target.reshape(B, -1).norm(dim=1).clamp_min(1e-8)).mean()  # relative L2, as measured
+        family = batch.get("family")
+        logits = self._group_logits()
+        if self.hparams.family_loss_weight and family is not None and logits and self.hparams.num_groups > 1:
+            known = family >= 0
+            if bool(known.any()):
+                ce = torch.stack([F.cross_entropy(g[known], family[known] % g.shape[1]) for g in logits]).mean()
+                loss = loss + self.hparams.family_loss_weight * ce
+        return loss
+
+    def update_metrics(self, split: str, output: torch.Tensor, batch: dict[str, Any]) -> None:
+        family = batch.get("family")
+        self.split_metrics(split).update(output, batch["target"], family)
+        if split == "val" and self.collect_figures:  # the first sample of each family, for the figure
+            samples = self.__dict__.setdefault("_val_samples", {})
+            for i in range(output.shape[0]):
+                key = int(family[i]) if family is not None else -1
+                if key not in samples:
+                    samples[key] = tuple(t[i, 0].detach().float().cpu()
+                                         for t in (batch["input"], output, batch["target"]))
+        logits = self._group_logits()
+        acc = getattr(self, f"{split}_routing_acc", None)
+        if acc is not None and logits and self.hparams.num_groups > 1 and family is not None and bool((family >= 0).any()):
+            known = family >= 0
+            acc.update(logits[0][known].argmax(-1), family[known] % logits[0].shape[1])
+
+    def _log_metrics(self, split: str, log: bool = True) -> None:
+        super()._log_metrics(split, log)
+        acc = getattr(self, f"{split}_routing_acc", None)
+        if acc is not None and acc.update_called:
+            if log:
+                self.log(f"{split}/family_routing_acc", acc.compute())
+            acc.reset()
+
+    def routing_classes(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        family = batch.get("family")
+        return family.clamp_min(0) if family is not None and self.pre.family_names else None
+
+    def validation_figures(self) -> dict[str, Any]:
+        """Input, prediction, truth and |error| of the first validation sample of each family."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        samples = self.__dict__.pop("_val_samples", {})
+        if not samples:
+            return {}
+        names = self.class_names() or []
+        fig, axes = plt.subplots(len(samples), 4, figsize=(10, 2.4 * len(samples)), squeeze=False)
+        for row, key in enumerate(sorted(samples)):
+            inp, pred, true = samples[key]
+            name = names[key] if 0 <= key < len(names) else "sample"
+            panels = [inp, pred, true, (pred - true).abs()]
+            for col, (title, img) in enumerate(zip(["input", "prediction", "truth", "|error|"], panels)):
+                ax = axes[row, col]
+                if img.ndim == 1:
+                    ax.plot(img.numpy())
+                else:
+                    ax.imshow(img.numpy(), cmap="viridis")
+                    ax.axis("off")
+                ax.set_title(f"{name}: {title}", fontsize=8)
+        fig.tight_layout()
+        return {"pde_samples": fig}
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, field: np.ndarray | torch.Tensor, family: str | None = None) -> np.ndarray | torch.Tensor:
+        """Solution operator on ``field``, in the layout, array type and physical units it came in.
+
+        Args:
+            field: 2D ``[H, W]``, ``[N, H, W]`` or ``[N, C, H, W]``; 1D ``[X]``, ``[N, X]`` or
+                ``[N, C, X]``; any resolution of at least one patch. Without a channel axis it is
+                the field channel (0) and the parameter channels are zero; with one, channels
+                1.. are the parameter maps as the datamodule builds them.
+            family: the PDE family of every sample (a name from ``preprocess.family_names``):
+                it selects the units the model was trained in. Needed when families' units differ.
+        """
+        return super().predict(field, family)
+
+    def prepare_inputs(self, field: Any, family: str | None = None) -> tuple[dict[str, torch.Tensor], Any]:
+        return prepare_field(self.pre, self.hparams.patch_size, field, family)
+
+    def finish_outputs(self, output: torch.Tensor, context: Any) -> np.ndarray | torch.Tensor:
+        return finish_field(self.pre, output, context)
