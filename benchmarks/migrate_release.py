@@ -80,7 +80,7 @@ def main() -> None:
         raise SystemExit(f"{path} already follows the task contract")
     meta |= {"init_args": json.dumps(init, sort_keys=True), "preprocess": json.dumps(init["preprocess"], sort_keys=True),
              "mmoe_version": mmoe.__version__}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{args.name}.", suffix=".safetensors")
     os.close(fd)
     try:
         save_file(load_file(str(path)), tmp, metadata=meta)

@@ -143,3 +143,47 @@ def test_pde_run_does_not_import_audio_or_text_libraries() -> None:
             "print(sorted(m for m in ('torchaudio', 'open_clip', 'timm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_figures_without_routing_logs_and_without_sanity_batches(tmp_path: Path) -> None:
+    """The confusion matrix is drawn with log_routing off, from the validation batches only."""
+    from mmoe.datamodules import EmotionDataModule
+    from mmoe.tasks import EmotionTask
+
+    torch.manual_seed(0)
+    dm = EmotionDataModule(num_conversations=40, batch_size=4, max_seconds=1.0)
+    task = EmotionTask(preprocess=dm.preprocess, dim=16, depth=1, fusion_depth=1, num_heads=2, hidden_dim=16,
+                       num_experts=4, n_mels=16, log_routing=False)
+    counted: list[int] = []
+    original = task.validation_figures
+
+    def spy() -> dict:
+        if task.val_confusion.update_called:
+            counted.append(int(task.val_confusion.compute().sum()))
+        return original()
+
+    task.validation_figures = spy
+    record = RecordBatches()
+    trainer = Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=1, limit_val_batches=1,
+                      num_sanity_val_steps=2, default_root_dir=str(tmp_path), logger=True,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[record])
+    trainer.fit(task, dm)
+    # the sanity check ran the (one) validation batch too; the matrix holds only the real pass
+    assert len(record.batches["val"]) == 2
+    last = record.batches["val"][-1]
+    assert counted[-1] == int((last["labels"][last["utterance_index"] >= 0] >= 0).sum())
+    assert list(Path(trainer.log_dir).glob("figures/confusion_matrix_*.png"))
+    assert not list(Path(trainer.log_dir).glob("figures/routing_*.png"))  # routing maps stay off
+
+
+def test_default_root_dir_holds_the_run_when_no_run_dir_is_given(tmp_path: Path) -> None:
+    conf = yaml.safe_load((ROOT / "tests" / "conf" / "pde.yaml").read_text())
+    conf.pop("harness")
+    conf["trainer"] |= {"max_epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1,
+                        "default_root_dir": str(tmp_path / "elsewhere")}
+    conf["data"]["init_args"]["cache_dir"] = str(tmp_path / "cache")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    cli = cli_main(["fit", "--config", str(path), "--run_name", "r"])
+    assert Path(cli.trainer.log_dir).is_relative_to(tmp_path / "elsewhere" / "r")

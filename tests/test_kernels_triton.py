@@ -12,6 +12,7 @@ Buffers that a kernel must write completely are poisoned (NaN, or -1 for integer
 """
 
 import os
+import re
 import sys
 
 # triton reads TRITON_INTERPRET when it is imported: if another test module imported it before
@@ -64,9 +65,16 @@ def test_auto_backend_on_cpu_is_reference():
 @pytest.mark.skipif(not MISMATCH, reason="kernels were imported under this module's setting")
 def test_rerun_in_subprocess():
     env = dict(os.environ, TRITON_INTERPRET="1" if WANT_INTERPRET else "0")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", __file__],
                        env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    counts = {word: int(n) for n, word in re.findall(r"(\d+) (passed|skipped|failed|error)", r.stdout.splitlines()[-1])}
+    skips = re.findall(r"^SKIPPED \[(\d+)\] .*?: (.*)$", r.stdout, flags=re.M)
+    # only this rerun test itself and the CUDA-only tests may skip there: every other kernel test ran
+    allowed = ("kernels were imported under this module's setting", "needs a CUDA device")
+    assert all(reason.strip() in allowed for _, reason in skips), skips
+    assert counts.get("skipped", 0) == sum(int(n) for n, _ in skips) <= 3, r.stdout[-2000:]
+    assert counts.get("passed", 0) >= 40, r.stdout[-2000:]
 
 
 def make_case(T, D, H, E, k, act, dtype, capacity=None, logits=None, seed=0):
