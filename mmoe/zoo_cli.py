@@ -79,7 +79,7 @@ def export_checkpoint(
     from mmoe import __version__
     from mmoe.loading import _load_safetensors, build_model, read_checkpoint
 
-    if not zoo.NAME_RE.match(name):
+    if not zoo.NAME_RE.fullmatch(name):
         raise _BadInput(f"--name: expected letters, digits, '.', '_' or '-' (not first), got {name!r}")
     if not task.strip():
         raise _BadInput("--task: must not be empty")
