@@ -32,8 +32,10 @@ from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 
 from mmoe.datamodules import DATAMODULES
+from mmoe.safe_checkpoint import SafeCheckpointIO
 from mmoe.tasks import TASKS
 from mmoe.tasks.base import BaseMoETask, OptimConfig
 
@@ -179,6 +181,15 @@ class MMoECLI(LightningCLI):
             callbacks.append(ModelCheckpoint(monitor=monitor, mode=mode, save_last=True, filename="best"))
         callbacks.append(RecipeCheck())
         kwargs["callbacks"] = callbacks
+        # every checkpoint the CLI reads (local or http) is read with weights_only=True
+        plugins = trainer_cfg.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(SafeCheckpointIO())
+        elif not any(isinstance(p, SafeCheckpointIO) for p in plugins):
+            raise ValueError("trainer.plugins: a CheckpointIO other than mmoe.safe_checkpoint.SafeCheckpointIO would "
+                             "read checkpoints with full unpickling; subclass SafeCheckpointIO instead")
+        kwargs["plugins"] = plugins
         return super().instantiate_trainer(**kwargs)
 
 

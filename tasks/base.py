@@ -101,6 +101,8 @@ class BaseMoETask(LightningModule):
     monitor: str = "val/loss"
     mode: Literal["min", "max"] = "min"
     preprocess_class: type | None = None
+    #: init args that make the task read files or the network: ``mmoe.load`` never takes them from a file
+    load_forbidden_args: tuple[str, ...] = ()
 
     def __init__(self, aux_loss_weight: float = 1.0, log_routing: bool = True) -> None:
         super().__init__()

@@ -192,7 +192,6 @@ def test_mmoe_fit_checkpoints_resume_and_remote_code_is_refused_through_the_cli(
     assert not marker.exists()
 
 
-@pytest.mark.xfail(reason="mmoe/cli.py does not add SafeCheckpointIO to its trainer defaults yet", strict=False)
 def test_cli_uses_safe_checkpoint_io_by_default(tmp_path: Path) -> None:
     cli = cli_main(["--config", str(tiny_config(tmp_path))], run=False)
     assert isinstance(cli.trainer.strategy.checkpoint_io, SafeCheckpointIO)
