@@ -9,6 +9,7 @@ from typing import Any
 DATAMODULES: dict[str, str] = {
     "PDEDataModule": "mmoe.datamodules.pde.datamodule",
     "EmotionDataModule": "mmoe.datamodules.emotion.datamodule",
+    "RestorationDataModule": "mmoe.datamodules.restoration.datamodule",
 }
 
 __all__ = ["DATAMODULES", *DATAMODULES]

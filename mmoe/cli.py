@@ -83,10 +83,10 @@ def list_shipped() -> str:
     """One line per task and per shipped recipe (its first comment line)."""
     lines = ["tasks:"]
     for name, module in TASKS.items():
-        lines.append(f"  {name:<16} {module}")
+        lines.append(f"  {name:<18} {module}")
     lines.append("datamodules:")
     for name, module in DATAMODULES.items():
-        lines.append(f"  {name:<16} {module}")
+        lines.append(f"  {name:<18} {module}")
     lines.append("configs (mmoe fit --config NAME):")
     for name, path in shipped_configs().items():
         first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
@@ -176,7 +176,8 @@ class MMoECLI(LightningCLI):
             kwargs["logger"] = _loggers(run_dir, config["run_name"])
         callbacks = list(trainer_cfg.get("callbacks") or [])
         model = self.model
-        if not any(isinstance(c, ModelCheckpoint) for c in callbacks) and trainer_cfg.get("enable_checkpointing", True) is not False:
+        wants_checkpoints = trainer_cfg.get("enable_checkpointing", True) is not False
+        if wants_checkpoints and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             monitor, mode = (model.monitor, model.mode) if isinstance(model, BaseMoETask) else ("val/loss", "min")
             callbacks.append(ModelCheckpoint(monitor=monitor, mode=mode, save_last=True, filename="best"))
         callbacks.append(RecipeCheck())

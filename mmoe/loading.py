@@ -44,7 +44,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._device import _device_constructors  # the factories `with torch.device(...)` redirects
 
-from mmoe.zoo import fetch, get_entry, list_models
+from mmoe.zoo import fetch_bytes, get_entry, list_models
 
 __all__ = [
     "FORBIDDEN_INIT_ARGS",
@@ -390,13 +390,6 @@ def _load_safetensors(path: Path, map_location: str | torch.device) -> nn.Module
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"{path}: not a readable .safetensors file: {exc}") from exc
-    for key in ("class_path", "init_args"):
-        if key not in meta:
-            raise ValueError(f"{path}: metadata lacks {key!r}; not an mmoe zoo file")
-    try:
-        init_args = json.loads(meta["init_args"])
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ValueError(f"{path}: metadata 'init_args' is not valid JSON: {exc}") from exc
 
     def read_tensors() -> dict[str, torch.Tensor]:
         try:
@@ -404,8 +397,45 @@ def _load_safetensors(path: Path, map_location: str | torch.device) -> nn.Module
         except (SafetensorError, OSError) as exc:
             raise ValueError(f"{path}: not a readable .safetensors file: {exc}") from exc
 
+    return _from_metadata(meta, shapes, read_tensors, str(path), map_location)
+
+
+def _load_safetensors_bytes(data: bytes, source: str, map_location: str | torch.device) -> nn.Module:
+    """Like :func:`_load_safetensors` on bytes already read (and hash-checked) once."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_bytes
+
+    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    try:
+        if not 0 < n <= len(data) - 8:
+            raise ValueError("bad header length")
+        header = json.loads(data[8:8 + n])
+        meta = header.pop("__metadata__", None) or {}
+        shapes = {k: tuple(v["shape"]) for k, v in header.items()}
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise ValueError(f"{source}: not a readable .safetensors file: {exc}") from exc
+
+    def read_tensors() -> dict[str, torch.Tensor]:
+        try:
+            return load_bytes(data)
+        except SafetensorError as exc:
+            raise ValueError(f"{source}: not a readable .safetensors file: {exc}") from exc
+
+    return _from_metadata(meta, shapes, read_tensors, source, map_location)
+
+
+def _from_metadata(meta: dict[str, str], shapes: dict[str, tuple[int, ...]],
+                   read_tensors: Callable[[], dict[str, torch.Tensor]], source: str,
+                   map_location: str | torch.device) -> nn.Module:
+    for key in ("class_path", "init_args"):
+        if key not in meta:
+            raise ValueError(f"{source}: metadata lacks {key!r}; not an mmoe zoo file")
+    try:
+        init_args = json.loads(meta["init_args"])
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{source}: metadata 'init_args' is not valid JSON: {exc}") from exc
     cls = import_class(meta["class_path"])
-    return _build(cls, init_args, shapes, read_tensors, str(path), map_location)
+    return _build(cls, init_args, shapes, read_tensors, source, map_location)
 
 
 def load_path(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
@@ -442,4 +472,5 @@ def load(name_or_path: str | os.PathLike[str], map_location: str | torch.device 
         if _looks_like_path(name_or_path):
             return load_path(name_or_path, map_location)
         raise
-    return _load_safetensors(fetch(name_or_path), map_location)
+    # the bytes that were hash-checked are the bytes that are loaded: no window to swap the file
+    return _load_safetensors_bytes(fetch_bytes(name_or_path), f"zoo model {name_or_path!r}", map_location)

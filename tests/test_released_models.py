@@ -67,3 +67,19 @@ def test_emotion_release_predicts_new_conversations(zoo_env: Path) -> None:
     # on text-cued utterances the gate trusts the text expert more than the speech expert
     text_gate = {e: np.mean([g[e] for g in gates["text"]]) for e in ("speech", "text")}
     assert text_gate["text"] > text_gate["speech"], text_gate
+
+
+def test_zoo_load_uses_the_verified_bytes(zoo_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading by name reads the cached file once, hashes those bytes and builds from them: the
+    file is never reopened by path after the check (no window to swap it)."""
+    import safetensors
+
+    mmoe.load("pde-nested-moe-2d")  # warm the cache
+
+    def no_reopen(*args, **kwargs):
+        raise AssertionError("the weights file was reopened by path")
+
+    monkeypatch.setattr(safetensors, "safe_open", no_reopen)
+    monkeypatch.setattr("safetensors.torch.load_file", no_reopen)
+    model = mmoe.load("pde-nested-moe-2d")
+    assert model.pre.family_names == ["darcy", "heat", "advection", "allen_cahn"]
