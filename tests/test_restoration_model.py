@@ -56,21 +56,25 @@ def test_metrics_match_scikit_image(border: int) -> None:
     rng = np.random.default_rng(0)
     names = ["denoise", "derain", "dehaze"]
     metric = RestorationMetrics(names, crop_border=border)
-    rows, labels = [], []
+    rows, labels, sigmas = [], [], []
     for n, (h, w) in ((3, (37, 53)), (2, (29, 41)), (4, (37, 53))):  # updates of odd sizes
         target = rng.random((n, h, w, 3))
         pred = np.clip(target + rng.uniform(0.02, 0.2) * rng.normal(size=target.shape), 0, 1)
-        deg = rng.integers(-1, 3, size=n)
-        metric.update(*(torch.tensor(a).permute(0, 3, 1, 2) for a in (pred, target)), torch.tensor(deg))
+        deg, sigma = rng.integers(-1, 3, size=n), rng.choice([0.0, 15.0, 25.0, 50.0], size=n)
+        metric.update(*(torch.tensor(a).permute(0, 3, 1, 2) for a in (pred, target)), torch.tensor(deg),
+                      torch.tensor(sigma, dtype=torch.float32))
         rows += [_skimage_values(pred[i], target[i], border) for i in range(n)]
         labels += list(deg)
-    ref, labels = np.stack(rows), np.array(labels)
+        sigmas += list(sigma)
+    ref, labels, sigmas = np.stack(rows), np.array(labels), np.array(sigmas)
     out = metric.compute()
+    groups = {**{name: labels == d for d, name in enumerate(names)},
+              **{f"sigma{s}": sigmas == s for s in (15, 25, 50)}}
     for k, key in enumerate(("psnr", "ssim", "psnr_y", "ssim_y")):
         assert out[key].item() == pytest.approx(ref[:, k].mean(), rel=1e-9, abs=1e-9)  # mean over images
-        for d, name in enumerate(names):
-            if (labels == d).any():
-                assert out[f"{key}_{name}"].item() == pytest.approx(ref[labels == d, k].mean(), rel=1e-9, abs=1e-9)
+        for name, sel in groups.items():
+            if sel.any():
+                assert out[f"{key}_{name}"].item() == pytest.approx(ref[sel, k].mean(), rel=1e-9, abs=1e-9)
             else:
                 assert f"{key}_{name}" not in out
 
@@ -194,6 +198,19 @@ def test_task_loss_metrics_and_figures(loss: str) -> None:
         plt.close(fig)
     unlabelled = {k: v for k, v in batch.items() if k != "degradation"}
     assert torch.isfinite(task.task_loss(task(unlabelled), unlabelled))
+
+
+def test_task_forward_pads_full_size_test_images() -> None:
+    """Test batches hold whole images of any size: reflect-padded to the multiple, cropped back."""
+    task = small_task().eval()
+    batch = hand_batch(1, (37, 53))
+    with torch.no_grad():
+        out = task(batch)
+        expected = task.model(reflect_pad(batch["input"], 48, 64))[..., :37, :53]
+    assert out["image"].shape == (1, 3, 37, 53) and out["logits"].shape == (1, 3)
+    torch.testing.assert_close(out["image"], expected)
+    task.update_metrics("test", out, {**batch, "sigma": torch.tensor([25.0])})
+    assert "psnr_sigma25" in task.test_metrics.compute()
 
 
 def test_task_argument_errors() -> None:

@@ -69,31 +69,38 @@ def ssim_per_image(pred: torch.Tensor, target: torch.Tensor, data_range: float =
 
 
 class RestorationMetrics(Metric):
-    """PSNR and SSIM on RGB and on Y, averaged over images, overall and per degradation type.
+    """PSNR and SSIM on RGB and on Y, averaged over images, overall, per degradation type and per noise level.
 
-    ``update(pred, target, degradation=None)`` with ``pred``/``target`` ``[B, 3, H, W]`` RGB in
-    [0, 1] and ``degradation [B]`` (ids into ``degradation_names``, -1 for unknown). Each image
-    gets its own PSNR and SSIM (the mean over images, not the PSNR of the pooled MSE).
-    ``compute()`` returns ``{"psnr", "ssim", "psnr_y", "ssim_y"}`` over all images plus
-    ``"<key>_<degradation>"`` for each degradation type seen.
+    ``update(pred, target, degradation=None, sigma=None)`` with ``pred``/``target``
+    ``[B, 3, H, W]`` RGB in [0, 1], ``degradation [B]`` (ids into ``degradation_names``, -1 for
+    unknown) and ``sigma [B]`` (synthesised noise level on the 0-255 scale, 0 for none). Each
+    image gets its own PSNR and SSIM (the mean over images, not the PSNR of the pooled MSE).
+    ``compute()`` returns ``{"psnr", "ssim", "psnr_y", "ssim_y"}`` over all images, plus
+    ``"<key>_<degradation>"`` for each degradation type seen and ``"<key>_sigma<level>"`` for
+    each of ``noise_levels`` seen (the all-in-one tables' denoising columns).
 
     Args:
         degradation_names: degradation types in label order (for the per-type breakdown).
         crop_border: pixels cut off each side before measuring (0: none, the all-in-one convention).
+        noise_levels: noise levels (0-255 scale) reported on their own.
     """
 
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, degradation_names: list[str] | None = None, crop_border: int = 0) -> None:
+    def __init__(self, degradation_names: list[str] | None = None, crop_border: int = 0,
+                 noise_levels: tuple[int, ...] = (15, 25, 50)) -> None:
         super().__init__()
         self.degradation_names = list(degradation_names or [])
         self.crop_border = check_positive_int("crop_border", crop_border, minimum=0)
-        n = len(self.degradation_names) + 1  # last slot: unknown degradation
+        self.noise_levels = tuple(check_positive_int("noise_levels", s) for s in noise_levels)
+        # slots: one per degradation type, one for unknown, one per noise level
+        n = len(self.degradation_names) + 1 + len(self.noise_levels)
         self.add_state("sums", default=torch.zeros(len(KEYS), n, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("counts", default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor, degradation: torch.Tensor | None = None) -> None:
+    def update(self, pred: torch.Tensor, target: torch.Tensor, degradation: torch.Tensor | None = None,
+               sigma: torch.Tensor | None = None) -> None:
         if pred.shape != target.shape or pred.ndim != 4 or pred.shape[1] != 3:
             raise ValueError(f"pred/target: expected equal shapes [B, 3, H, W], got {tuple(pred.shape)} and "
                              f"{tuple(target.shape)}")
@@ -109,14 +116,23 @@ class RestorationMetrics(Metric):
         if degradation is not None:
             slot = torch.where((degradation >= 0) & (degradation < len(self.degradation_names)),
                                degradation.long(), slot)
+        ones = torch.ones(B, dtype=self.counts.dtype, device=slot.device)
         self.sums.index_add_(1, slot, values)
-        self.counts.index_add_(0, slot, torch.ones(B, dtype=self.counts.dtype, device=slot.device))
+        self.counts.index_add_(0, slot, ones)
+        if sigma is not None and self.noise_levels:  # images at a listed noise level count there too
+            levels = torch.tensor(self.noise_levels, device=sigma.device, dtype=torch.float32)
+            match = (sigma.float().round().unsqueeze(1) == levels).float()  # [B, S]
+            first = len(self.degradation_names) + 1
+            self.sums[:, first:] += values @ match.to(values)
+            self.counts[first:] += match.sum(0).to(self.counts)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        total = self.counts.sum().clamp_min(1)
-        out = {key: self.sums[i].sum() / total for i, key in enumerate(KEYS)}
-        for d, name in enumerate(self.degradation_names):
-            if self.counts[d] > 0:
-                out.update({f"{key}_{name}": self.sums[i, d] / self.counts[d] for i, key in enumerate(KEYS)})
+        D = len(self.degradation_names)
+        total = self.counts[: D + 1].sum().clamp_min(1)
+        out = {key: self.sums[i, : D + 1].sum() / total for i, key in enumerate(KEYS)}
+        names = self.degradation_names + [None] + [f"sigma{s}" for s in self.noise_levels]
+        for slot, name in enumerate(names):
+            if name is not None and self.counts[slot] > 0:
+                out.update({f"{key}_{name}": self.sums[i, slot] / self.counts[slot] for i, key in enumerate(KEYS)})
         return out
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torchmetrics import Accuracy
 
 from mmoe.tasks.base import BaseMoETask
-from mmoe.tasks.restoration.io import RestorationPreprocess, finish_image, prepare_image
+from mmoe.tasks.restoration.io import RestorationPreprocess, finish_image, prepare_image, reflect_pad
 from mmoe.tasks.restoration.metrics import RestorationMetrics
 from mmoe.tasks.restoration.model import WaveletMoERestorer
 from mmoe.validation import check_bool, check_choice, check_number, check_positive_int
@@ -124,12 +124,16 @@ class RestorationTask(BaseMoETask):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor | None]:
         """``{"image": restored [B, 3, H, W] (not clamped), "logits": per-image decision [B, G] or None}``;
-        ``batch["tiled"]`` (set by predict) restores in tiles of ``preprocess.tile`` when larger."""
+        sides are reflect-padded to ``preprocess.multiple`` (test images come at full size) and the
+        result cropped back; ``batch["tiled"]`` (set by predict) restores in tiles of ``preprocess.tile``
+        when larger."""
         x = batch["input"]
         if batch.get("tiled"):
             image, logits = self.model.restore_tiled(x, self.pre.tile, self.pre.overlap)
         else:
-            image, logits = self.model(x), self.model.last_logits
+            H, W, m = x.shape[-2], x.shape[-1], self.pre.multiple
+            image = self.model(reflect_pad(x, -(-H // m) * m, -(-W // m) * m))[..., :H, :W]
+            logits = self.model.last_logits
         return {"image": image, "logits": logits}
 
     def _labels(self, batch: dict[str, Any]) -> torch.Tensor | None:
@@ -155,7 +159,7 @@ class RestorationTask(BaseMoETask):
     def update_metrics(self, split: str, output: dict[str, Any], batch: dict[str, Any]) -> None:
         pred = output["image"].detach().clamp(0, 1)  # what predict returns
         deg = batch.get("degradation")
-        self.split_metrics(split).update(pred, batch["target"], deg)
+        self.split_metrics(split).update(pred, batch["target"], deg, batch.get("sigma"))
         labels, logits = self._labels(batch), output["logits"]
         acc = getattr(self, f"{split}_routing_acc", None)
         if acc is not None and logits is not None and labels is not None:
