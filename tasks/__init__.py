@@ -16,6 +16,7 @@ from mmoe.tasks.base import BaseMoETask, OptimConfig
 TASKS: dict[str, str] = {
     "PDETask": "mmoe.tasks.pde.task",
     "EmotionTask": "mmoe.tasks.emotion.task",
+    "RestorationTask": "mmoe.tasks.restoration.task",
 }
 
 __all__ = ["TASKS", "BaseMoETask", "OptimConfig", *TASKS]

@@ -23,10 +23,13 @@ CONFIGS = sorted(CONF.glob("*.yaml"))
 
 
 def materialise(spec: Any, rng: np.random.Generator) -> Any:
-    """``{"random": shape}`` -> a float32 array (scaled noise); lists and dicts recursively."""
+    """``{"random": shape}`` -> float32 noise (std 0.1), ``{"uniform": shape}`` -> float32 in [0, 1);
+    lists and dicts recursively."""
     if isinstance(spec, dict):
         if set(spec) == {"random"}:
             return (0.1 * rng.standard_normal(spec["random"])).astype(np.float32)
+        if set(spec) == {"uniform"}:
+            return rng.random(spec["uniform"]).astype(np.float32)
         return {k: materialise(v, rng) for k, v in spec.items()}
     if isinstance(spec, list):
         return [materialise(v, rng) for v in spec]
