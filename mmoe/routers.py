@@ -296,10 +296,14 @@ class NestedRouter(Router):
         self.group_weight = nn.Parameter(torch.empty(groups, dim))
         nn.init.normal_(self.group_weight, std=dim**-0.5)
 
+    def group_logits(self, x: torch.Tensor, sample: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """Per-sample group logits ``[num_samples, G]`` (fp32); subclasses may impose others."""
+        return F.linear(_mean_per_sample(x, sample, num_samples), self.group_weight.float())
+
     def forward(self, x, sample, num_samples, ops, capacity):
         T, E, G, k = x.shape[0], self.num_experts, self.groups, self.top_k
         per = E // G
-        group_logits = F.linear(_mean_per_sample(x, sample, num_samples), self.group_weight.float())
+        group_logits = self.group_logits(x, sample, num_samples)
         group_probs = torch.softmax(group_logits, dim=-1)
         gate, group = group_probs.max(dim=-1)  # [B]
         tok_group, tok_gate = group[sample], gate[sample]  # [T]

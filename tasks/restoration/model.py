@@ -49,7 +49,7 @@ from torch import nn
 from mmoe.backbone import BlockSpec, MultimodalMoEBackbone
 from mmoe.mixers import register_mixer
 from mmoe.moe_layer import MoELayer
-from mmoe.routers import NestedRouter, Routing, register_router
+from mmoe.routers import NestedRouter, register_router
 from mmoe.validation import check_bool, check_choice, check_number, check_positive_int
 
 
@@ -100,29 +100,13 @@ class ImageNestedRouter(NestedRouter):
         super().__init__(dim, num_experts, top_k, groups)
         self.forced_logits: torch.Tensor | None = None
 
-    def forward(self, x, sample, num_samples, ops, capacity) -> Routing:
+    def group_logits(self, x: torch.Tensor, sample: torch.Tensor, num_samples: int) -> torch.Tensor:
         if self.forced_logits is None:
-            return super().forward(x, sample, num_samples, ops, capacity)
-        # NestedRouter.forward with the group logits replaced (it computes them inline)
-        T, E, G, k = x.shape[0], self.num_experts, self.groups, self.top_k
-        per = E // G
-        group_logits = self.forced_logits.float()
-        if group_logits.shape != (num_samples, G):
-            raise ValueError(f"forced_logits: expected shape {(num_samples, G)}, got {tuple(group_logits.shape)}")
-        gate, group = torch.softmax(group_logits, dim=-1).max(dim=-1)
-        tok_group, tok_gate = group[sample], gate[sample]
-        logits = self.logits(x)
-        expert_group = torch.arange(E, device=x.device) // per
-        is_shared = torch.arange(E, device=x.device) % per == per - 1
-        allowed = (expert_group.unsqueeze(0) == tok_group.unsqueeze(1)) & ~is_shared
-        top = ops.topk_routing(logits.masked_fill(~allowed, float("-inf")), k, score="softmax")
-        experts = torch.cat([top.experts, (tok_group * per + per - 1).unsqueeze(1)], dim=1)
-        weights = torch.cat([top.weights * tok_gate.unsqueeze(1), tok_gate.unsqueeze(1)], dim=1)
-        pair_token = torch.arange(T, device=x.device).repeat_interleave(k + 1)
-        w = weights.reshape(-1)
-        return Routing(pair_token, experts.reshape(-1), w, w.detach(), logits, top.scores,
-                       top.counts.float() / top.counts.sum().clamp_min(1), top.scores, sample_logits=group_logits)
-
+            return super().group_logits(x, sample, num_samples)
+        if self.forced_logits.shape != (num_samples, self.groups):
+            raise ValueError(f"forced_logits: expected shape {(num_samples, self.groups)}, "
+                             f"got {tuple(self.forced_logits.shape)}")
+        return self.forced_logits.float()
 
 
 @register_mixer("band_dwconv")
