@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pytest
+from conftest import QuietHandler, serve_zoo
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -103,7 +102,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, tuple[bytes, i
     """127.0.0.1 HTTP server: file name -> (body, declared Content-Length or None)."""
     files: dict[str, tuple[bytes, int | None]] = {}
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             name = urllib.parse.unquote(self.path.lstrip("/"))
             if name not in files:
@@ -116,16 +115,8 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, tuple[bytes, i
             self.wfile.write(body)
             self.close_connection = True  # a short body then EOF: the cut-off case
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("MMOE_ZOO_URL", f"http://127.0.0.1:{httpd.server_port}/zoo")
-    yield files
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_zoo(Handler, monkeypatch):
+        yield files
 
 
 def publish(env: Path, files: dict[str, tuple[bytes, int | None]], name: str = "tiny", **kw: Any) -> tuple[TinyTask, Path]:

@@ -15,17 +15,16 @@ import signal
 import stat
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import QuietHandler, serve_zoo
 
 from mmoe import zoo
 from mmoe.zoo_cli import main
@@ -104,7 +103,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Route]]:
     """127.0.0.1 HTTP server serving ``routes`` (file name -> Route) under ``/zoo/``."""
     routes: dict[str, Route] = {}
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             r = routes.get(urllib.parse.unquote(self.path.rsplit("/", 1)[-1]))
             if r is None:
@@ -123,16 +122,8 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Route]]:
                 pass  # the client gave up: what the deadline and size tests want
             self.close_connection = True
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("MMOE_ZOO_URL", f"http://127.0.0.1:{httpd.server_port}/zoo")
-    yield routes
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_zoo(Handler, monkeypatch):
+        yield routes
 
 
 def child(name: str, go: Path | None = None, **kw: Any) -> subprocess.Popen[str]:
