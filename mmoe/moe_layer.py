@@ -97,6 +97,8 @@ class MoELayer(nn.Module):
         self.last_sample_logits: torch.Tensor | None = None
         # (pair_token, kept pair_expert with E for not computed, tokens per sample) of the last forward
         self.last_assignment: tuple[torch.Tensor, torch.Tensor, int] | None = None
+        # set by mmoe.parallel.shard_experts: this rank keeps a shard of the experts
+        self.expert_parallel: Any = None
 
     def class_load(self, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
         """Computed pairs per (class, expert) ``[num_classes, E]`` in the last forward.
@@ -144,6 +146,10 @@ class MoELayer(nn.Module):
         return y.reshape(shape).to(x.dtype)
 
     def _sparse_forward(self, xt: torch.Tensor, num_samples: int, mod: torch.Tensor | None) -> torch.Tensor:
+        if self.expert_parallel is not None:
+            from mmoe.parallel import sparse_forward
+
+            return sparse_forward(self, xt, num_samples, mod)
         T, E = xt.shape[0], self.num_experts
         ops = backend_ops(self.backend, xt.device)
         expert_choice = isinstance(self.router, ExpertChoiceRouter)
