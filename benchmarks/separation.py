@@ -1,0 +1,167 @@
+"""Speech separation benchmark on the embedded 8 kHz eSpeak NG test split (held-out sentences and voices).
+
+    python benchmarks/separation.py --moe runs/bench_separation/tfmoe_8k/version_0/checkpoints/best.ckpt \\
+        --dense runs/bench_separation/dense_8k/version_0/checkpoints/best.ckpt --moe_train_s 1150 --dense_train_s 1100
+    python benchmarks/separation.py --smoke          # tiny random models, 4 test mixtures (CI)
+
+Rows: the unprocessed mixture (floor, 0 dB by definition), the oracle ideal ratio mask (magnitude
+IRM |S_i| / sum_j |S_j| on the model's STFT: the upper bound of a real-valued mask), the MoE model and
+the dense baseline with the same active compute. Columns: SI-SNRi and SDRi (dB, best permutation,
+whole test mixtures), parameters (total and active per token), multiply-accumulates per second of
+8 kHz audio (counted with ``torch.utils.flop_counter.FlopCounterMode`` on a 4 s input: matmuls,
+attention and the experts' grouped GEMMs actually run, i.e. active compute; STFT/iSTFT and
+element-wise ops not counted), and the real-time factor of predict on this machine's CPU threads
+(a 60 s mixture, chunked as predict does; RTF = compute seconds / audio seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import mmoe
+from mmoe.datamodules.separation.datamodule import SeparationDataModule
+from mmoe.moe_layer import MoELayer
+from mmoe.tasks.separation.metrics import SDRi, SISNRi
+from mmoe.tasks.separation.task import SeparationTask
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(path: str) -> SeparationTask:
+    model = mmoe.load(path) if not path.endswith(".ckpt") else SeparationTask.load_from_checkpoint(
+        path, map_location="cpu", weights_only=True)
+    return model.float().eval()
+
+
+def evaluate(separate, dm: SeparationDataModule, limit: int | None) -> dict[str, float]:
+    si, sd = SISNRi(), SDRi()
+    for i, batch in enumerate(dm.test_dataloader()):
+        if limit is not None and i >= limit:
+            break
+        est = separate(batch["mixture"], batch["sources"])
+        si.update(est, batch["sources"], batch["mixture"])
+        sd.update(est, batch["sources"], batch["mixture"])
+    return {"si_snri": float(si.compute()), "sdri": float(sd.compute())}
+
+
+def oracle_irm(n_fft: int, hop: int):
+    window = torch.hann_window(n_fft)
+
+    def separate(mix: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        spec = lambda x: torch.stft(x, n_fft, hop, window=window, return_complex=True)  # noqa: E731
+        S = torch.stack([spec(s) for s in sources.unbind(1)], 1)  # [B, S, F, T]
+        mask = S.abs() / S.abs().sum(1, keepdim=True).clamp_min(1e-8)
+        est = mask * spec(mix)[:, None]
+        B, N = est.shape[:2]
+        return torch.istft(est.flatten(0, 1), n_fft, hop, window=window, length=mix.shape[-1]).view(B, N, -1)
+
+    return separate
+
+
+def count_params(task: SeparationTask) -> tuple[int, int]:
+    """``(total, active per token)``: an MoE layer's inactive experts are ``E - k`` of its routed experts."""
+    total = sum(p.numel() for p in task.model.parameters())
+    inactive = 0
+    for m in task.model.modules():
+        if isinstance(m, MoELayer):
+            per_expert = sum(p.numel() for p in m.experts.parameters()) // m.num_experts
+            inactive += (m.num_experts - m.top_k) * per_expert
+    return total, total - inactive
+
+
+def macs_per_second(task: SeparationTask, seconds: float = 4.0) -> float:
+    """Counted multiply-accumulates per second of audio (FlopCounterMode flops / 2)."""
+    rate = task.pre.sample_rate
+    x = torch.randn(1, int(seconds * rate)) * 0.05
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        task.model(x)
+    counts = counter.get_flop_counts()["Global"]
+    flops = sum(counts.values())
+    if not any("grouped_mm" in str(op) for op in counts):
+        # the experts' grouped GEMMs are not in FlopCounterMode's table: count the pairs actually routed
+        for m in task.model.modules():
+            if isinstance(m, MoELayer) and m.last_assignment is not None:
+                pairs = int((m.last_assignment[1] < m.num_experts).sum())
+                flops += 2 * pairs * (m.experts.w_in.shape[1] * m.experts.w_in.shape[2]
+                                      + m.experts.w_out.shape[1] * m.experts.w_out.shape[2])
+    return flops / 2 / seconds
+
+
+def real_time_factor(task: SeparationTask, seconds: float = 60.0, repeats: int = 2) -> float:
+    rate = task.pre.sample_rate
+    x = (0.05 * np.random.default_rng(0).standard_normal(int(seconds * rate))).astype(np.float32)
+    task.predict(x[: rate], sample_rate=rate)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        task.predict(x, sample_rate=rate)
+        best = min(best, time.perf_counter() - t)
+    return best / seconds
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--moe", help="MoE checkpoint (.ckpt) or zoo file/name")
+    parser.add_argument("--dense", help="dense baseline checkpoint (.ckpt) or zoo file/name")
+    parser.add_argument("--moe_train_s", type=float, default=None, help="measured fit wall time of the MoE recipe")
+    parser.add_argument("--dense_train_s", type=float, default=None, help="measured fit wall time of the dense recipe")
+    parser.add_argument("--test_mixtures", type=int, default=100)
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N test mixtures")
+    parser.add_argument("--smoke", action="store_true", help="tiny random models and 4 mixtures")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    if args.smoke:
+        tiny = dict(n_fft=64, hop=16, dim=16, depth=1, num_heads=2, hidden_dim=16, num_experts=4, top_k=2, mask_hidden=16)
+        models = {"MoE (random)": SeparationTask(**tiny).eval(), "dense (random)": SeparationTask(moe=False, **tiny).eval()}
+        dm = SeparationDataModule(test_mixtures=4, train_utterances=8, progress=False)
+        limit, rtf_seconds = 4, 4.0
+    else:
+        models = {}
+        if args.moe:
+            models["MoE (tfmoe_8k)"] = load(args.moe)
+        if args.dense:
+            models["dense (dense_8k)"] = load(args.dense)
+        dm = SeparationDataModule(test_mixtures=args.test_mixtures)
+        limit, rtf_seconds = args.limit, 60.0
+    dm.setup("test")
+    first = next(iter(models.values()), None)
+    n_fft, hop = (first.hparams.n_fft, first.hparams.hop) if first is not None else (256, 64)
+    rows = [{"method": "mixture (floor)", "si_snri": 0.0, "sdri": 0.0},
+            {"method": f"oracle IRM (n_fft {n_fft}, hop {hop})", **evaluate(oracle_irm(n_fft, hop), dm, limit)}]
+    for name, task in models.items():
+        with torch.no_grad():
+            quality = evaluate(lambda mix, src: task({"mixture": mix})["sources"], dm, limit)
+        total, active = count_params(task)
+        train_s = args.moe_train_s if name.startswith("MoE") else args.dense_train_s
+        rows.append({"method": name, **quality, "params": total, "active_params": active,
+                     "mac_per_s": macs_per_second(task), "rtf": real_time_factor(task, rtf_seconds),
+                     "train_s": train_s})
+    print(f"embedded eSpeak NG 8 kHz test split: {len(dm.test_set) if limit is None else limit} two-speaker mixtures "
+          f"(-5..5 dB, min mode), torch threads {torch.get_num_threads()}")
+    print("| method | SI-SNRi (dB) | SDRi (dB) | params (active) | MAC/s of audio | RTF (x real time) | train |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        extra = "| - | - | - | - |"
+        if "params" in r:
+            extra = (f"| {r['params'] / 1e3:.0f}k ({r['active_params'] / 1e3:.0f}k) | {r['mac_per_s'] / 1e6:.1f}M "
+                     f"| {r['rtf']:.4f} ({1 / r['rtf']:.0f}x) | "
+                     f"{_seconds(r['train_s'])} |")
+        print(f"| {r['method']} | {r['si_snri']:.2f} | {r['sdri']:.2f} {extra}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
