@@ -1,0 +1,323 @@
+"""Quality of the shipped anomaly configs (issue 13, item 5) beside simple baselines, on the embedded test set.
+
+    python benchmarks/anomaly.py                                   # default + dense recipes, then baselines
+    python benchmarks/anomaly.py --configs default dense only_inpaint only_denoise only_pseudo_seg only_rotation
+    python benchmarks/anomaly.py --skip_train --configs default    # re-evaluate the runs under --run_dir
+    python benchmarks/anomaly.py --release --configs default       # also export the default run to the zoo
+    python benchmarks/anomaly.py --smoke --configs default --run_dir /tmp/bench   # tiny, < 1 minute
+
+Each config (configs/anomaly/<name>.yaml) is trained with ``mmoe fit`` semantics (LightningCLI, the
+config's seed), the fit is timed, and the best-validation checkpoint (its anomaly-map calibration
+is from that validation's normal images) is loaded with ``mmoe.load`` and evaluated on the
+datamodule's test split: held-out normal views and as many copies with simulated lesions (the
+test-set lesion simulator, not the training synthesis). Metrics (:class:`AnomalyMetrics`): image
+AUROC, pixel AUROC, AUPRO up to FPR 0.3 (normalised by 0.3), per modality and averaged over
+modalities. Baselines on the same test images, fitted on the same normal training views (the
+views resized, mirrored, plus 200 augmented training samples per modality): a per-pixel Gaussian
+(per modality, pixel and channel mean and standard deviation; map = mean absolute z-score over
+channels) and PCA reconstruction error (per modality, 95% of the variance, at most 32
+components; map = mean squared residual over channels); both maps get the model's Gaussian
+smoothing (sigma 2 px) and the same image score (mean of the top 1% pixels). A figure (image, true
+mask, predicted map per modality and method) goes to ``<run_dir>/anomaly_examples.png``; results
+to stdout (markdown) and ``<run_dir>/results.json``.
+
+``--release`` exports the default run's best checkpoint to ``checkpoints/anomaly-mtl-mad.safetensors``,
+loads the exported file with ``mmoe.load``, evaluates it as above, and prints the manifest row (with
+those metrics) as JSON; the manifest itself is left to the maintainers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "anomaly"
+DEFAULT = ["default", "dense"]
+SMOKE_MODEL = {"dim": 16, "depth": 1, "num_heads": 2, "hidden_dim": 16}
+SMOKE_DATA = {"image_size": 32, "samples_per_epoch": 8, "batch_size": 4}
+SMOKE_STEPS = 4
+KEYS = ("image_auroc", "pixel_auroc", "aupro")
+RELEASE_NAME = "anomaly-mtl-mad"
+
+
+def overrides(cfg: dict, max_steps: int | None, smoke: bool) -> tuple[list[str], dict, dict]:
+    model_args = dict(cfg["model"].get("init_args") or {})
+    data_args = dict(cfg["data"].get("init_args") or {})
+    args: list[str] = []
+    if smoke:
+        max_steps = max_steps or SMOKE_STEPS
+        for k, v in SMOKE_MODEL.items():
+            args += [f"--model.init_args.{k}", str(v)]
+        for k, v in SMOKE_DATA.items():
+            args += [f"--data.init_args.{k}", str(v)]
+        model_args |= SMOKE_MODEL
+        data_args |= SMOKE_DATA
+        args += ["--trainer.enable_model_summary", "false"]
+    if max_steps:
+        args += ["--trainer.max_steps", str(max_steps)]
+        interval = (cfg.get("trainer") or {}).get("val_check_interval")
+        if isinstance(interval, int) and not isinstance(interval, bool) and interval > max_steps:
+            args += ["--trainer.val_check_interval", str(max_steps)]
+    return args, model_args, data_args
+
+
+def train(name: str, args: argparse.Namespace) -> dict:
+    from mmoe.cli import cli_main
+
+    config = CONFIGS / f"{name}.yaml"
+    cfg = yaml.safe_load(config.read_text())
+    extra, model_args, data_args = overrides(cfg, args.max_steps, args.smoke)
+    argv, sys.argv[1:] = sys.argv[1:], []
+    try:
+        start = time.perf_counter()
+        cli = cli_main(["fit", "--config", str(config), *extra, "--run_dir", args.run_dir, "--run_name", name,
+                        "--trainer.enable_progress_bar", "false"])
+        seconds = time.perf_counter() - start
+    finally:
+        sys.argv[1:] = argv
+    ckpt = cli.trainer.checkpoint_callback.best_model_path or cli.trainer.checkpoint_callback.last_model_path
+    result = {"config": f"anomaly/{name}.yaml", "seed": cfg.get("seed_everything"), "train_seconds": round(seconds, 1),
+              "steps": cli.trainer.global_step, "checkpoint": ckpt, "model_args": model_args, "data_args": data_args,
+              "threads": torch.get_num_threads(), "run_kind": "smoke" if args.smoke else
+              "trial" if args.max_steps else "recipe"}
+    del cli
+    gc.collect()
+    return result
+
+
+def discover(name: str, run_dir: str) -> dict:
+    """The latest run of ``name`` under ``run_dir`` (for --skip_train)."""
+    runs = sorted((Path(run_dir) / name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    if not runs:
+        raise SystemExit(f"--skip_train: no run of {name!r} under {run_dir}")
+    ckpts = sorted((runs[-1] / "checkpoints").glob("*.ckpt"))
+    best = [c for c in ckpts if c.name != "last.ckpt"] or ckpts
+    cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    return {"config": f"anomaly/{name}.yaml", "checkpoint": str(best[0]), "train_seconds": None,
+            "steps": int(torch.load(best[0], map_location="cpu", weights_only=True)["global_step"]),
+            "seed": cfg.get("seed_everything"), "data_args": dict(cfg["data"]["init_args"]), "run_kind": "re-evaluated"}
+
+
+def make_datamodule(data_args: dict):
+    from mmoe.datamodules.anomaly import AnomalyDataModule
+
+    dm = AnomalyDataModule(**{k: v for k, v in data_args.items() if k != "num_workers"})
+    dm.setup()
+    return dm
+
+
+def _metrics(maps: np.ndarray, scores: np.ndarray, dm) -> dict[str, float]:
+    from mmoe.tasks.anomaly.metrics import AnomalyMetrics
+
+    ds = dm.test_dataset
+    samples = [ds[i] for i in range(len(ds))]
+    metric = AnomalyMetrics(dm.modality_names)
+    metric.update(torch.as_tensor(maps), torch.as_tensor(scores), torch.stack([s["mask"][0] for s in samples]),
+                  torch.stack([s["label"] for s in samples]), torch.stack([s["modality"] for s in samples]),
+                  torch.stack([s["has_mask"] for s in samples]))
+    return {k: round(float(v), 4) for k, v in metric.compute().items()}
+
+
+@torch.no_grad()
+def model_maps(model, dm) -> tuple[np.ndarray, np.ndarray]:
+    """Anomaly maps and scores of the test split (true modality given, as in the datamodule's test)."""
+    model.eval()
+    maps, scores = [], []
+    for batch in dm.test_dataloader():
+        out = model.model.anomaly_maps(batch["image"].float(), batch["modality"])
+        maps.append(out["map"].float().numpy())
+        scores.append(out["score"].float().numpy())
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+# ------------------------------------------------------------------------------ baselines
+def normal_training_images(dm, per_modality: int = 200) -> dict[int, np.ndarray]:
+    """Per modality: the training views resized and mirrored, plus augmented training samples ``[n, 3, S, S]``."""
+    from mmoe.datamodules.anomaly.datamodule import resize
+
+    ds, S = dm.train_dataset, dm.hparams.image_size
+    out: dict[int, list[np.ndarray]] = {}
+    for m, items in ds.items.items():
+        for it in items:
+            img = resize(it.load(), S).transpose(2, 0, 1)
+            out.setdefault(m, []).extend([img, img[..., ::-1]])
+    counts = {m: 0 for m in out}
+    i = 0
+    while min(counts.values()) < per_modality and i < 50 * per_modality * len(counts):
+        s = ds[(10_000, i)]  # an epoch no recipe reaches: samples independent of the training draws
+        m = int(s["modality"])
+        if counts[m] < per_modality:
+            out[m].append(s["image"].numpy())
+            counts[m] += 1
+        i += 1
+    return {m: np.stack(v).astype(np.float32) for m, v in out.items()}
+
+
+def _score(maps: torch.Tensor, top_fraction: float = 0.01) -> np.ndarray:
+    k = max(1, int(round(top_fraction * maps[0].numel())))
+    return maps.flatten(1).topk(k, dim=1).values.mean(1).numpy()
+
+
+def baseline_maps(dm, normals: dict[int, np.ndarray], kind: str) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.decomposition import PCA
+
+    from mmoe.tasks.anomaly.model import gaussian_blur
+
+    ds = dm.test_dataset
+    images = torch.stack([ds[i]["image"] for i in range(len(ds))]).numpy()
+    mods = np.array([int(ds[i]["modality"]) for i in range(len(ds))])
+    maps = np.zeros(images.shape[:1] + images.shape[2:], dtype=np.float32)
+    for m, X in normals.items():
+        sel = mods == m
+        if not sel.any():
+            continue
+        if kind == "gaussian":
+            mu, sd = X.mean(0), X.std(0) + 1e-3
+            maps[sel] = (np.abs(images[sel] - mu) / sd).mean(1)
+        else:
+            flat = X.reshape(len(X), -1)
+            pca = PCA(n_components=0.95, svd_solver="full").fit(flat)
+            if pca.n_components_ > 32:
+                pca = PCA(n_components=32).fit(flat)
+            t = images[sel].reshape(int(sel.sum()), -1)
+            rec = pca.inverse_transform(pca.transform(t))
+            maps[sel] = ((t - rec) ** 2).reshape(images[sel].shape).mean(1)
+    smoothed = gaussian_blur(torch.from_numpy(maps)[:, None], 2.0)[:, 0]
+    return smoothed.numpy(), _score(smoothed)
+
+
+# ------------------------------------------------------------------------------ output
+def save_figure(dm, rows: dict[str, np.ndarray], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ds = dm.test_dataset
+    picks = {}
+    for i in range(len(ds)):
+        s = ds[i]
+        m = int(s["modality"])
+        if int(s["label"]) == 1 and m not in picks:
+            picks[m] = (i, s)
+    methods = list(rows)
+    fig, axes = plt.subplots(len(picks), 2 + len(methods), figsize=(2.0 * (2 + len(methods)), 2.1 * len(picks)),
+                             squeeze=False)
+    for r, m in enumerate(sorted(picks)):
+        i, s = picks[m]
+        axes[r, 0].imshow(s["image"].permute(1, 2, 0).numpy())
+        axes[r, 0].set_title(f"{dm.modality_names[m]}", fontsize=8)
+        axes[r, 1].imshow(s["mask"][0].numpy(), cmap="gray")
+        axes[r, 1].set_title("true mask", fontsize=8)
+        for c, name in enumerate(methods):
+            axes[r, 2 + c].imshow(rows[name][i], cmap="inferno")
+            axes[r, 2 + c].set_title(name, fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def print_tables(results: dict, modalities: list[str]) -> None:
+    print("\n| method | steps | train s | image AUROC | pixel AUROC | AUPRO@0.3 |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results.items():
+        m = r["metrics"]
+        secs = "-" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}"
+        print(f"| {name} | {r.get('steps', '-')} | {secs} | " + " | ".join(f"{m[k]:.3f}" for k in KEYS) + " |")
+    for key in KEYS:
+        print(f"\n{key} per modality\n")
+        print("| method | " + " | ".join(modalities) + " | mean |")
+        print("|---" * (len(modalities) + 2) + "|")
+        for name, r in results.items():
+            m = r["metrics"]
+            cells = [f"{m.get(f'{key}_{mod}', float('nan')):.3f}" for mod in modalities]
+            print(f"| {name} | " + " | ".join(cells) + f" | {m[key]:.3f} |")
+
+
+def release(result: dict, out_dir: Path) -> dict:
+    import mmoe
+    from mmoe.zoo_cli import export_checkpoint
+
+    cfg = yaml.safe_load((CONFIGS / "default.yaml").read_text())
+    data_args = cfg["data"]["init_args"]
+    training = (f"embedded AnomalyDataModule {json.dumps(data_args, sort_keys=True)} (normal images only); recipe of "
+                f"{cfg['trainer']['max_steps']} steps ({result['train_seconds']:.0f} s on 2 CPU cores), best validation "
+                f"checkpoint at step {result['steps']}, seed {cfg['seed_everything']}")
+    common = dict(ckpt=Path(result["checkpoint"]), name=RELEASE_NAME, config="anomaly/default.yaml", task="anomaly",
+                  training_data=training, out_dir=out_dir, dtype="float32",
+                  description="medical anomaly detection after MTL-MAD: 4 proxy tasks routed to their own experts, "
+                              "anomaly map calibrated on normal validation images; predict(images, modality=None)")
+    row = export_checkpoint(metrics={}, **common)
+    model = mmoe.load(out_dir / row["file"])
+    dm = make_datamodule(data_args)
+    maps, scores = model_maps(model.float(), dm)
+    metrics = _metrics(maps, scores, dm)
+    return export_checkpoint(metrics=metrics, **common)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=DEFAULT)
+    parser.add_argument("--run_dir", default="runs/bench_anomaly")
+    parser.add_argument("--max_steps", type=int, default=None, help="a shorter trial (not the recipe)")
+    parser.add_argument("--skip_train", action="store_true")
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--no_baselines", action="store_true")
+    parser.add_argument("--release", action="store_true", help="export the default run to checkpoints/")
+    parser.add_argument("--train_seconds", type=float, default=None,
+                        help="with --skip_train --release: the measured wall time of the default fit")
+    args = parser.parse_args()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    import mmoe
+
+    results: dict[str, Any] = {}
+    maps_for_figure: dict[str, np.ndarray] = {}
+    dm = None
+    for name in args.configs:
+        r = discover(name, args.run_dir) if args.skip_train else train(name, args)
+        if r["train_seconds"] is None and args.train_seconds is not None and name == "default":
+            r["train_seconds"] = args.train_seconds
+        dm = make_datamodule(r["data_args"])
+        model = mmoe.load(r["checkpoint"])
+        start = time.perf_counter()
+        maps, scores = model_maps(model, dm)
+        r["eval_seconds"] = round(time.perf_counter() - start, 1)
+        r["metrics"] = _metrics(maps, scores, dm)
+        results[name] = r
+        maps_for_figure[name] = maps
+        print(json.dumps({name: {k: r[k] for k in ("steps", "train_seconds", "eval_seconds", "metrics")}}), flush=True)
+    if dm is not None and not args.no_baselines:
+        normals = normal_training_images(dm, 20 if args.smoke else 200)
+        for kind, label in (("gaussian", "per-pixel Gaussian z-score"), ("pca", "PCA reconstruction")):
+            maps, scores = baseline_maps(dm, normals, kind)
+            results[label] = {"metrics": _metrics(maps, scores, dm), "steps": "-", "train_seconds": None}
+            maps_for_figure[label] = maps
+    if dm is not None:
+        print_tables(results, dm.modality_names)
+        save_figure(dm, maps_for_figure, Path(args.run_dir) / "anomaly_examples.png")
+    out = Path(args.run_dir) / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    if args.release and "default" in results and not args.smoke:
+        row = release(results["default"], ROOT / "checkpoints")
+        print("\nmanifest row:\n" + json.dumps(row, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""ProxyTaskMoE: medical anomaly detection after MTL-MAD; a plain ``nn.Module``, no Lightning.
+
+One ViT-style transformer, trained from scratch on normal images only, solves several
+self-supervised proxy tasks at once; each proxy task is routed to its own experts:
+
+* ``inpaint``: a random half of the patch tokens is replaced by a mask token; reconstruct their pixels;
+* ``denoise``: Gaussian noise is added to the image; predict the clean image;
+* ``pseudo_seg``: segment the synthetic pseudo-anomaly of the training batch
+  (:mod:`mmoe.datamodules.anomaly.pseudo`: CutPaste, foreign patches, intensity changes);
+* ``rotation``: every ``2 * patch`` cell of the image is rotated by a random multiple of 90 degrees;
+  predict each token's rotation (a geometric-transform task with a per-token answer).
+
+Routing: every MoE FFN has ``len(tasks) * experts_per_task`` experts in one group per proxy task,
+the last expert of a group shared by its tokens. With ``routing="task"`` the router is the nested
+router whose group is the sample's proxy task (task-conditioned; the token top-k inside the group
+is learned); ``"learned"`` is a plain softmax top-(k+1) router over all experts that sees the task
+only through the task embedding added to every token; ``"dense"`` replaces each MoE FFN by a dense
+FFN of width ``(top_k + 1) * hidden_dim``: the same active parameters per token.
+
+Scoring (:meth:`ProxyTaskMoE.anomaly_maps`): each proxy task gives a per-pixel error on the
+unaltered image: inpainting error (two complementary checkerboard masks), denoising error (a
+fixed noise draw), the predicted pseudo-anomaly probability, and the rotation surprise
+``-log p(no rotation)``. Each map is smoothed (Gaussian, ``smooth_sigma`` px) and standardised
+with its mean and standard deviation on normal validation images of the same modality
+(``calib_mean``, ``calib_std``: buffers, so calibration travels with the weights); the anomaly
+map is the mean of the standardised maps, the image score the mean of its top ``top_fraction``
+pixels. An image of unknown modality gets the modality head's prediction.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmoe.backbone import BlockSpec, MultimodalMoEBackbone
+from mmoe.moe_layer import MoELayer
+from mmoe.routers import NestedRouter, register_router
+
+PROXY_TASKS = ("inpaint", "denoise", "pseudo_seg", "rotation")
+Routing = Literal["task", "learned", "dense"]
+#: group logit of the sample's task: softmax gives it gate 1.0 in float32
+_FORCED_LOGIT = 1e4
+
+
+@register_router("proxy_task", replace=True)
+class ProxyTaskRouter(NestedRouter):
+    """The ``"nested"`` router with the group imposed per sample: group ``g`` = the sample's proxy task.
+
+    Set ``task_ids [num_samples]`` (long) before the forward; the token top-k inside the group
+    and the group's shared expert work as in :class:`mmoe.routers.NestedRouter`.
+
+    Args:
+        groups: number of proxy tasks (expert groups).
+    """
+
+    def __init__(self, dim: int, num_experts: int, top_k: int, groups: int = 4) -> None:
+        super().__init__(dim, num_experts, top_k, groups)
+        self.task_ids: torch.Tensor | None = None
+
+    def group_logits(self, x: torch.Tensor, sample: torch.Tensor, num_samples: int) -> torch.Tensor:
+        ids = self.task_ids
+        if ids is None or ids.shape != (num_samples,):
+            raise ValueError(f"task_ids: expected a long tensor of shape ({num_samples},) set before the forward, "
+                             f"got {None if ids is None else tuple(ids.shape)}")
+        return F.one_hot(ids.to(x.device), self.groups).float() * _FORCED_LOGIT
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``x [B, C, H, W]`` (reflect padding; identity for sigma <= 0)."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) / sigma) ** 2)
+    k = k / k.sum()
+    C = x.shape[1]
+    pad_h, pad_w = min(r, x.shape[-2] - 1), min(r, x.shape[-1] - 1)
+    y = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect" if pad_w else "replicate")
+    y = F.conv2d(y, k[r - pad_w: r + pad_w + 1].view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
+    y = F.pad(y, (0, 0, pad_h, pad_h), mode="reflect" if pad_h else "replicate")
+    return F.conv2d(y, k[r - pad_h: r + pad_h + 1].view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+
+
+def rotate_cells(x: torch.Tensor, k: torch.Tensor, cell: int) -> torch.Tensor:
+    """Rotate every ``cell x cell`` block of ``x [B, C, H, W]`` by ``k [B, H/cell, W/cell]`` quarter turns."""
+    B, C, H, W = x.shape
+    h, w = H // cell, W // cell
+    blocks = x.view(B, C, h, cell, w, cell).permute(0, 2, 4, 1, 3, 5)  # [B, h, w, C, c, c]
+    rots = torch.stack([torch.rot90(blocks, r, dims=(-2, -1)) for r in range(4)])  # [4, B, h, w, C, c, c]
+    idx = k.long().view(1, B, h, w, 1, 1, 1).expand(1, B, h, w, C, cell, cell)
+    out = rots.gather(0, idx)[0]
+    return out.permute(0, 3, 1, 4, 2, 5).reshape(B, C, H, W)
+
+
+class ProxyTaskMoE(nn.Module):
+    """The multi-task transformer; see the module docstring.
+
+    Args:
+        tasks: proxy tasks to train and score with (names from :data:`PROXY_TASKS`).
+        image_size: input side S (a multiple of ``2 * patch``).
+        num_modalities: modalities of the modality head and of the calibration tables.
+        patch: patch side (tokens are ``patch x patch`` pixels).
+        dim: token width. depth: transformer blocks. num_heads: attention heads.
+        hidden_dim: hidden width of each expert.
+        experts_per_task: experts per proxy task group (the last one shared by the group).
+        top_k: routed experts per token inside the group.
+        routing: ``"task"``, ``"learned"`` or ``"dense"`` (see the module docstring).
+        capacity_factor: MoE capacity factor (None: dropless).
+        mask_ratio: share of tokens masked for ``inpaint``.
+        noise_std: noise standard deviation for ``denoise``.
+        smooth_sigma: Gaussian smoothing of the per-task maps in pixels.
+        top_fraction: the image score is the mean of this share of the map's highest pixels.
+    """
+
+    def __init__(
+        self,
+        tasks: list[str],
+        image_size: int = 64,
+        num_modalities: int = 4,
+        patch: int = 4,
+        dim: int = 64,
+        depth: int = 4,
+        num_heads: int = 4,
+        hidden_dim: int = 128,
+        experts_per_task: int = 2,
+        top_k: int = 1,
+        routing: Routing = "task",
+        capacity_factor: float | None = None,
+        mask_ratio: float = 0.5,
+        noise_std: float = 0.1,
+        smooth_sigma: float = 2.0,
+        top_fraction: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if image_size % (2 * patch):
+            raise ValueError(f"image_size: expected a multiple of 2 * patch = {2 * patch}, got {image_size}")
+        self.tasks, self.image_size, self.patch = list(tasks), image_size, patch
+        self.routing, self.mask_ratio, self.noise_std = routing, mask_ratio, noise_std
+        self.smooth_sigma, self.top_fraction = smooth_sigma, top_fraction
+        T, g = len(self.tasks), image_size // patch
+        self.num_tokens = g * g
+        self.patch_embed = nn.Conv2d(3, dim, patch, stride=patch)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, dim))
+        nn.init.normal_(self.pos_embed, std=0.02)
+        self.task_embed = nn.Parameter(torch.zeros(T, dim))
+        nn.init.normal_(self.task_embed, std=0.02)
+        self.mask_token = nn.Parameter(torch.zeros(dim))
+        nn.init.normal_(self.mask_token, std=0.02)
+        E = T * experts_per_task
+        if routing == "task":
+            spec = dict(ffn="moe", num_experts=E, top_k=top_k, router="proxy_task", router_options={"groups": T})
+        elif routing == "learned":
+            spec = dict(ffn="moe", num_experts=E, top_k=top_k + 1, router="softmax")
+        else:
+            spec = dict(ffn="dense", top_k=top_k, dense_hidden_dim=(top_k + 1) * hidden_dim)
+        blocks = [BlockSpec(mixer="attention", mixer_options={"num_heads": num_heads}, hidden_dim=hidden_dim,
+                            capacity_factor=capacity_factor, activation="gelu", **spec) for _ in range(depth)]
+        self.backbone = MultimodalMoEBackbone(["image"], dim, blocks=blocks, positions=False)
+        out = {"inpaint": 3 * patch * patch, "denoise": 3 * patch * patch, "pseudo_seg": patch * patch, "rotation": 4}
+        self.heads = nn.ModuleDict({t: nn.Linear(dim, out[t]) for t in self.tasks})
+        self.modality_head = nn.Linear(dim, num_modalities)
+        self.register_buffer("calib_mean", torch.zeros(num_modalities, T))
+        self.register_buffer("calib_std", torch.ones(num_modalities, T))
+        self.last_task_ids: torch.Tensor | None = None
+
+    def no_weight_decay(self) -> list[str]:
+        return ["pos_embed", "task_embed", "mask_token"]
+
+    # ------------------------------------------------------------------ pieces
+    def _routers(self) -> list[ProxyTaskRouter]:
+        return [m.router for m in self.modules() if isinstance(m, MoELayer) and isinstance(m.router, ProxyTaskRouter)]
+
+    def encode(self, x: torch.Tensor, task_ids: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens ``[B, N, dim]`` of images ``x [B, 3, S, S]`` doing tasks ``task_ids [B]`` (index into
+        ``tasks``); ``token_mask [B, N]`` (bool) replaces those patches by the mask token."""
+        t = self.patch_embed(x).flatten(2).transpose(1, 2)  # [B, N, dim]
+        if token_mask is not None:
+            t = torch.where(token_mask.unsqueeze(-1), self.mask_token.to(t.dtype), t)
+        t = t + self.pos_embed + self.task_embed[task_ids].unsqueeze(1)
+        for router in self._routers():
+            router.task_ids = task_ids
+        self.last_task_ids = task_ids
+        try:
+            return self.backbone({"image": t})["image"]
+        finally:
+            for router in self._routers():
+                router.task_ids = None
+
+    def unpatchify(self, y: torch.Tensor, channels: int) -> torch.Tensor:
+        """``[B, N, channels * p * p]`` -> ``[B, channels, S, S]``."""
+        B, p, g = y.shape[0], self.patch, self.image_size // self.patch
+        return y.view(B, g, g, channels, p, p).permute(0, 3, 1, 4, 2, 5).reshape(B, channels, g * p, g * p)
+
+    def cell_grid(self) -> int:
+        return self.image_size // (2 * self.patch)
+
+    def token_cells(self, k: torch.Tensor) -> torch.Tensor:
+        """Per-cell rotations ``[B, h, w]`` -> per-token ``[B, N]`` (a cell is 2 x 2 tokens)."""
+        return k.repeat_interleave(2, 1).repeat_interleave(2, 2).flatten(1)
+
+    # ------------------------------------------------------------------ training
+    def training_outputs(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+                         ) -> dict[str, torch.Tensor]:
+        """One pass over a training batch; sample ``i`` does task ``tasks[i % T]``. Returns the
+        predictions and targets the losses need (see :meth:`losses`)."""
+        x = batch["image"]
+        B, T, dev = x.shape[0], len(self.tasks), x.device
+        ids = torch.arange(B, device=dev) % T
+        inp = x.clone()
+        token_mask = torch.zeros(B, self.num_tokens, dtype=torch.bool, device=dev)
+        rand = lambda *s: torch.rand(*s, generator=generator, device="cpu").to(dev)  # noqa: E731
+        out: dict[str, torch.Tensor] = {"task_ids": ids}
+        for t, name in enumerate(self.tasks):
+            sel = ids == t
+            if not bool(sel.any()):
+                continue
+            if name == "inpaint":
+                token_mask[sel] = rand(int(sel.sum()), self.num_tokens) < self.mask_ratio
+            elif name == "denoise":
+                noise = torch.randn(x[sel].shape, generator=generator, device="cpu").to(dev)
+                inp[sel] = x[sel] + self.noise_std * noise
+            elif name == "pseudo_seg":
+                inp[sel] = batch["pseudo_image"][sel]
+            elif name == "rotation":
+                g = self.cell_grid()
+                k = (rand(int(sel.sum()), g, g) * 4).long().clamp_max(3)
+                inp[sel] = rotate_cells(x[sel], k, 2 * self.patch)
+                rot = torch.zeros(B, self.num_tokens, dtype=torch.long, device=dev)
+                rot[sel] = self.token_cells(k)
+                out["rotation_target"] = rot
+        tokens = self.encode(inp, ids, token_mask)
+        out["token_mask"] = token_mask
+        out["modality_logits"] = self.modality_head(tokens.mean(1))
+        for name in self.tasks:
+            out[name] = self.heads[name](tokens)
+        return out
+
+    def losses(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-task losses on the samples that did the task (a zero tensor for a task absent from the batch)."""
+        x, ids, losses = batch["image"], out["task_ids"], {}
+        for t, name in enumerate(self.tasks):
+            sel = ids == t
+            zero = out[name].sum() * 0
+            if not bool(sel.any()):
+                losses[name] = zero
+                continue
+            if name == "inpaint":
+                rec = self.unpatchify(out[name][sel], 3)
+                err = (rec - x[sel]).pow(2).mean(1)  # [b, S, S]
+                m = out["token_mask"][sel].float().view(-1, 1, *(2 * [self.image_size // self.patch]))
+                m = F.interpolate(m, scale_factor=self.patch, mode="nearest")[:, 0]
+                losses[name] = (err * m).sum() / m.sum().clamp_min(1)
+            elif name == "denoise":
+                losses[name] = (self.unpatchify(out[name][sel], 3) - x[sel]).pow(2).mean()
+            elif name == "pseudo_seg":
+                logit = self.unpatchify(out[name][sel], 1)
+                target = batch["pseudo_mask"][sel]
+                bce = F.binary_cross_entropy_with_logits(logit, target)
+                p = torch.sigmoid(logit)
+                dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+                losses[name] = bce + dice
+            elif name == "rotation":
+                losses[name] = F.cross_entropy(out[name][sel].reshape(-1, 4), out["rotation_target"][sel].reshape(-1))
+        losses["modality"] = F.cross_entropy(out["modality_logits"], batch["modality"])
+        return losses
+
+    # ------------------------------------------------------------------ scoring
+    def raw_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-task error maps ``[B, T, S, S]`` (smoothed, not calibrated) and modality logits ``[B, M]``
+        of images ``x [B, 3, S, S]``; all passes in one backbone call."""
+        B, dev, g = x.shape[0], x.device, self.image_size // self.patch
+        inputs, ids, masks, slots = [], [], [], {}
+        checker = ((torch.arange(g).view(-1, 1) + torch.arange(g).view(1, -1)) % 2).bool().flatten().to(dev)
+        no_mask = torch.zeros(B, self.num_tokens, dtype=torch.bool, device=dev)
+        gen = torch.Generator().manual_seed(0)  # a fixed noise draw: the same image always gets the same map
+        for t, name in enumerate(self.tasks):
+            if name == "inpaint":
+                for half in (checker, ~checker):
+                    slots.setdefault(name, []).append(len(inputs))
+                    inputs.append(x), masks.append(half.expand(B, -1)), ids.append(t)
+                continue
+            slots[name] = [len(inputs)]
+            if name == "denoise":
+                noise = torch.randn(x.shape[1:], generator=gen).to(dev, x.dtype)
+                inputs.append(x + self.noise_std * noise)
+            else:
+                inputs.append(x)
+            masks.append(no_mask), ids.append(t)
+        n = len(inputs)
+        task_ids = torch.tensor(ids, device=dev).repeat_interleave(B)
+        tokens = self.encode(torch.cat(inputs), task_ids, torch.cat(masks)).view(n, B, self.num_tokens, -1)
+        maps = []
+        for name in self.tasks:
+            if name == "inpaint":
+                err = torch.zeros(B, self.image_size, self.image_size, device=dev, dtype=x.dtype)
+                for j, half in zip(slots[name], (checker, ~checker)):
+                    rec = self.unpatchify(self.heads[name](tokens[j]), 3)
+                    m = half.float().view(1, 1, g, g)
+                    m = F.interpolate(m, scale_factor=self.patch, mode="nearest")[0, 0]
+                    err = err + (rec - x).pow(2).mean(1) * m
+            elif name == "denoise":
+                err = (self.unpatchify(self.heads[name](tokens[slots[name][0]]), 3) - x).pow(2).mean(1)
+            elif name == "pseudo_seg":
+                err = torch.sigmoid(self.unpatchify(self.heads[name](tokens[slots[name][0]]), 1))[:, 0]
+            else:  # rotation: surprise at the unrotated image, per token
+                logp = F.log_softmax(self.heads[name](tokens[slots[name][0]]).float(), -1)[..., 0]
+                err = F.interpolate((-logp).view(B, 1, g, g).to(x.dtype), scale_factor=self.patch, mode="nearest")[:, 0]
+            maps.append(err)
+        maps = gaussian_blur(torch.stack(maps, 1), self.smooth_sigma)
+        # the modality head reads a pass over the whole image (unmasked) when there is one
+        whole = [slots[name][0] for name in self.tasks if name != "inpaint"]
+        return maps, self.modality_head(tokens[whole[0] if whole else 0].mean(1))
+
+    def anomaly_maps(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``{"map": [B, S, S], "score": [B], "task_maps": raw [B, T, S, S], "modality": [B]}``; modality ids
+        ``< 0`` (or None) are predicted by the modality head."""
+        raw, logits = self.raw_maps(x)
+        pred = logits.argmax(-1)
+        mod = pred if modality is None else torch.where(modality < 0, pred, modality)
+        mean, std = self.calib_mean[mod], self.calib_std[mod].clamp_min(1e-6)  # [B, T]
+        z = (raw - mean[..., None, None]) / std[..., None, None]
+        amap = z.mean(1)
+        k = max(1, int(round(self.top_fraction * amap[0].numel())))
+        score = amap.flatten(1).topk(k, dim=1).values.mean(1)
+        return {"map": amap, "score": score, "task_maps": raw, "modality": mod, "modality_logits": logits}
