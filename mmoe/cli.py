@@ -14,6 +14,8 @@ is installed) and figures under ``<run_dir>/<run_name>/version_<n>`` (``run_dir`
 ``--trainer.default_root_dir``, else ``runs``). A fit that stops before its planned steps (a
 ``max_time`` cap, an interruption) says so in a warning and writes ``INCOMPLETE.json`` into the
 run folder. ``--test_after_fit true`` tests the best checkpoint right after ``fit``.
+``--trainer.strategy ddp_expert_parallel`` shards the MoE experts over the processes
+(:mod:`mmoe.parallel`); ``ddp`` replicates them.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
+import mmoe.parallel  # noqa: F401  registers --trainer.strategy ddp_expert_parallel
 from mmoe.datamodules import DATAMODULES
 from mmoe.safe_checkpoint import SafeCheckpointIO
 from mmoe.tasks import TASKS

@@ -446,12 +446,11 @@ class ExpertParallelStrategy(DDPStrategy):
 
     def _shard(self) -> None:
         module = self.lightning_module
-        if expert_parallel_layers(module):
+        if expert_parallel_layers(module):  # sharded by an earlier run (fit, then test)
+            self._expert_names = sorted(_expert_keys(module))
             return
-        names = [n for n in module.state_dict()]
         _broadcast_replicated(module, set())  # one starting point for everything before sharding
         self._expert_names = shard_experts(module)
-        assert all(n in names for n in self._expert_names)
         ignore = set(getattr(module, "_ddp_params_and_buffers_to_ignore", ())) | set(self._expert_names)
         module._ddp_params_and_buffers_to_ignore = sorted(ignore)
 
