@@ -1,0 +1,1 @@
+"""Tracking data (in progress: readers of the real layouts so far)."""

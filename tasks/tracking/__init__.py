@@ -1,0 +1,1 @@
+"""Single-object RGB+X tracking (in progress: metrics so far)."""
