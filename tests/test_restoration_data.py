@@ -16,7 +16,7 @@ from mmoe.datamodules.restoration import RestorationDataModule
 from mmoe.datamodules.restoration import degradations as D
 from mmoe.datamodules.restoration import readers as R
 from mmoe.datamodules.restoration import synthetic as S
-from mmoe.datamodules.restoration.datamodule import EpochSampler
+from mmoe.sampling import EpochSampler
 from mmoe.tasks.restoration.io import DEGRADATIONS_3, DEGRADATIONS_5
 
 

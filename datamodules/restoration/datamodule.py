@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +44,7 @@ from mmoe.datamodules.restoration.readers import (
     read_promptir_test,
     read_promptir_train,
 )
+from mmoe.sampling import EpochSampler
 from mmoe.validation import check_choice, check_number, check_positive_int
 
 DATASETS = ("synthetic", "promptir", "paired")
@@ -99,25 +99,6 @@ def _augmentation(crop_size: int) -> Any:
 # ---------------------------------------------------------------------------------------
 # Datasets
 # ---------------------------------------------------------------------------------------
-class EpochSampler(Sampler):
-    """Yields ``(epoch, index)`` for ``index`` in ``range(num_samples)``. Lightning sets the epoch
-    (``set_epoch``, also when resuming); without it every new iteration counts one epoch."""
-
-    def __init__(self, num_samples: int) -> None:
-        self.num_samples = num_samples
-        self._next_epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self._next_epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1  # read now, not when first drawn
-        return iter([(epoch, i) for i in range(self.num_samples)])
-
-
 class TrainDataset(Dataset):
     """Random crops, degraded on the fly; ``dataset[(epoch, index)]`` is a pure function of
     ``(seed, epoch, index)``.

@@ -1,0 +1,342 @@
+"""TrackingDataModule: single-object tracking with RGB and an optional X modality.
+
+``dataset="synthetic"`` (the default) renders sequences from bundled photographs
+(:mod:`mmoe.datamodules.tracking.synthetic`, no download); ``"lasher"``, ``"depthtrack"``,
+``"visevent"``, ``"lasot"`` and ``"got10k"`` read those layouts
+(:mod:`mmoe.datamodules.tracking.readers`; ``root`` holds the training sequences, ``test_root``
+the test sequences, VisEvent takes both from ``root`` by its split lists). LaSOT and GOT-10k are
+RGB-only: the model trains and runs with X missing.
+
+X is given to the model as one channel in [0, 1]: depth as is (synthetic) or 16-bit millimetres
+clipped at ``depth_range_mm`` (real), thermal as grey level, events as 0.5 + 0.5 x sign (synthetic)
+or the event image's grey level (real). ``use_x=False`` drops X everywhere (the RGB-only ablation).
+
+Training batches are template/search crop pairs, as one-stream trackers train::
+
+    "template"    float32 [B, 3, T, T]   RGB template crop (factor ``template_factor``)
+    "template_x"  float32 [B, 1, T, T]   X of the template (zeros where X is missing)
+    "search"      float32 [B, 3, S, S]   RGB search crop (factor ``search_factor``, jittered)
+    "search_x"    float32 [B, 1, S, S]
+    "has_x"       bool [B]
+    "box"         float32 [B, 4]         the target in the search crop, xywh / S
+
+A pair takes two frames of one sequence at most ``max_gap`` apart where the target is present;
+the search crop's centre is shifted by up to ``centre_jitter`` x sqrt(w h) and its side scaled by
+exp(N(0, ``scale_jitter``)); colour jitter (albumentations) on RGB, and a joint horizontal flip.
+All randomness of a sample comes from ``(seed, epoch, index)``.
+
+Validation and test items are whole sequences (one per batch): ``"frames"`` uint8
+``[N, H, W, 3]``, ``"x"`` float32 ``[N, H, W]`` (absent key where X is missing), ``"boxes"``
+``[N, 4]``, ``"present"`` ``[N]`` and one bool ``[N]`` per attribute under ``"attr/<name>"``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from mmoe.datamodules.tracking import readers
+from mmoe.datamodules.tracking.crops import crop_around
+from mmoe.datamodules.tracking.synthetic import ATTRIBUTES, MODALITIES, render_sequence
+from mmoe.sampling import EpochSampler
+from mmoe.validation import check_choice, check_number, check_positive_int
+
+DATASETS = ("synthetic", "lasher", "depthtrack", "visevent", "lasot", "got10k")
+#: fixed seeds of the validation and test sequences (independent of the training seed)
+VAL_SEED, TEST_SEED = 1_000_033, 2_000_033
+
+
+class TrackSequence:
+    """One sequence in memory (synthetic) or on disk (real), read frame by frame.
+
+    Args:
+        name: sequence name.
+        boxes: ``[N, 4]`` xywh.
+        present: ``[N]`` bool.
+        frames: uint8 ``[N, H, W, 3]`` array, or a list of N image paths.
+        x: uint8 ``[N, H, W]`` (X x 255), a list of N paths, or None (X missing).
+        modality: the X modality or None.
+        attributes: per-frame bool arrays by name.
+        depth_range_mm: depth that maps to 1 (real 16-bit depth).
+    """
+
+    def __init__(self, name: str, boxes: np.ndarray, present: np.ndarray, frames: np.ndarray | list[str],
+                 x: np.ndarray | list[str] | None, modality: str | None,
+                 attributes: dict[str, np.ndarray] | None = None, depth_range_mm: float = 10000.0) -> None:
+        self.name, self.boxes, self.present = name, boxes, present
+        self.frames, self.x, self.modality = frames, x, modality
+        self.attributes = attributes or {}
+        self.depth_range_mm = depth_range_mm
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def rgb(self, i: int) -> np.ndarray:
+        """uint8 ``[H, W, 3]``."""
+        if isinstance(self.frames, np.ndarray):
+            return self.frames[i]
+        from PIL import Image
+
+        with Image.open(self.frames[i]) as im:
+            return np.asarray(im.convert("RGB"))
+
+    def x_frame(self, i: int) -> np.ndarray | None:
+        """float32 ``[H, W]`` in [0, 1], or None."""
+        if self.x is None:
+            return None
+        if isinstance(self.x, np.ndarray):
+            return self.x[i].astype(np.float32) / 255.0
+        from PIL import Image
+
+        with Image.open(self.x[i]) as im:
+            a = np.asarray(im)
+        if a.dtype == np.uint16 or a.dtype == np.int32:  # 16-bit depth in millimetres
+            return np.clip(a.astype(np.float32) / self.depth_range_mm, 0, 1)
+        a = a.astype(np.float32) / 255.0
+        return a.mean(2) if a.ndim == 3 else a
+
+
+def synthetic_sequence(seed: int, split: str, modality: str, length: int, size: tuple[int, int]) -> TrackSequence:
+    """A rendered sequence, X stored as uint8 (events as 0.5 + 0.5 sign)."""
+    s = render_sequence(seed, split, modality, length, size)
+    x = (s.x * 0.5 + 0.5) if modality == "event" else s.x
+    return TrackSequence(s.name, s.boxes, s.present, s.frames, np.round(x * 255).astype(np.uint8), modality,
+                         s.attributes)
+
+
+def _to_chw(a: np.ndarray) -> torch.Tensor:
+    a = a[:, :, None] if a.ndim == 2 else a
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32))
+
+
+class PairDataset(Dataset):
+    """Template/search training pairs; ``dataset[(epoch, index)]`` is a pure function of ``(seed, epoch, index)``.
+
+    Args:
+        sequences: training sequences (each with at least two present frames).
+        num_samples: samples per epoch.
+        seed: training seed.
+        use_x: False drops X (zeros, ``has_x`` False).
+        template_size, search_size: crop sides in pixels.
+        template_factor, search_factor: crop sides over sqrt(w h).
+        max_gap: largest frame distance between template and search.
+        centre_jitter: largest search-centre shift over sqrt(w h).
+        scale_jitter: std of the log search-scale change.
+    """
+
+    def __init__(self, sequences: list[TrackSequence], num_samples: int, seed: int, use_x: bool, template_size: int,
+                 search_size: int, template_factor: float, search_factor: float, max_gap: int,
+                 centre_jitter: float, scale_jitter: float) -> None:
+        self.sequences = [s for s in sequences if s.present.sum() >= 2]
+        if not self.sequences:
+            raise ValueError("root: no training sequence has two frames with the target present")
+        self.num_samples, self.seed, self.use_x = num_samples, seed, use_x
+        self.t_size, self.s_size, self.t_factor, self.s_factor = template_size, search_size, template_factor, search_factor
+        self.max_gap, self.centre_jitter, self.scale_jitter = max_gap, centre_jitter, scale_jitter
+        self._colour: Any = None
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, torch.Tensor]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        seq = self.sequences[int(rng.integers(len(self.sequences)))]
+        frames = np.nonzero(seq.present)[0]
+        i = int(frames[rng.integers(len(frames))])
+        near = frames[(np.abs(frames - i) <= self.max_gap) & (frames != i)]
+        j = int(near[rng.integers(len(near))]) if len(near) else i
+        shift = tuple(rng.uniform(-self.centre_jitter, self.centre_jitter, 2))
+        scale = float(np.exp(np.clip(rng.normal(0, self.scale_jitter), -2 * self.scale_jitter, 2 * self.scale_jitter)))
+        template, _ = crop_around(seq.rgb(i), seq.boxes[i], self.t_factor, self.t_size)
+        search, t = crop_around(seq.rgb(j), seq.boxes[j], self.s_factor, self.s_size, shift, scale)
+        box = t.box_to_crop(seq.boxes[j]) / self.s_size
+        has_x = self.use_x and seq.x is not None
+        tx = crop_around(seq.x_frame(i), seq.boxes[i], self.t_factor, self.t_size)[0] if has_x else \
+            np.zeros((self.t_size, self.t_size), np.float32)
+        sx = crop_around(seq.x_frame(j), seq.boxes[j], self.s_factor, self.s_size, shift, scale)[0] if has_x else \
+            np.zeros((self.s_size, self.s_size), np.float32)
+        if self._colour is None:  # built on first use, in the worker process
+            os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network from mmoe
+            import albumentations as A
+
+            self._colour = A.Compose([A.ColorJitter(0.3, 0.3, 0.3, 0.05, p=0.8), A.ToGray(p=0.05)])
+        aug_seed = int(rng.integers(2**63))
+        self._colour.set_random_state(np.random.default_rng(aug_seed), random.Random(aug_seed))
+        template, search = self._colour(image=template)["image"], self._colour(image=search)["image"]
+        if rng.random() < 0.5:  # a joint horizontal flip
+            template, tx, search, sx = template[:, ::-1], tx[:, ::-1], search[:, ::-1], sx[:, ::-1]
+            box = np.array([1.0 - box[0] - box[2], box[1], box[2], box[3]])
+        return {"template": _to_chw(template / np.float32(255)), "template_x": _to_chw(tx),
+                "search": _to_chw(search / np.float32(255)), "search_x": _to_chw(sx),
+                "has_x": torch.tensor(has_x), "box": torch.tensor(box, dtype=torch.float32)}
+
+
+class SequenceDataset(Dataset):
+    """Whole sequences (validation, test), one item each; see the module docstring for the keys."""
+
+    def __init__(self, sequences: list[TrackSequence], use_x: bool) -> None:
+        self.sequences, self.use_x = sequences, use_x
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = self.sequences[i]
+        item: dict[str, Any] = {
+            "name": s.name,
+            "frames": torch.from_numpy(np.stack([s.rgb(k) for k in range(len(s))])),
+            "boxes": torch.from_numpy(np.asarray(s.boxes, dtype=np.float64)),
+            "present": torch.from_numpy(np.asarray(s.present, dtype=bool)),
+        }
+        if self.use_x and s.x is not None:
+            item["x"] = torch.from_numpy(np.stack([s.x_frame(k) for k in range(len(s))]))
+        for name in ATTRIBUTES:
+            if name in s.attributes:
+                item[f"attr/{name}"] = torch.from_numpy(np.asarray(s.attributes[name], dtype=bool))
+        return item
+
+
+def _read_real(dataset: str, root: str, split: Literal["train", "test"]) -> list[TrackSequence]:
+    if dataset == "visevent":
+        seqs = readers.read_visevent(root, split)
+    else:
+        seqs = {"lasher": readers.read_lasher, "depthtrack": readers.read_depthtrack,
+                "lasot": readers.read_lasot, "got10k": readers.read_got10k}[dataset](root)
+    out = []
+    for s in seqs:
+        if s.annotated < len(s.frames):
+            raise ValueError(f"root: sequence {s.name!r} has boxes for {s.annotated} of {len(s.frames)} frames "
+                             f"(GOT-10k's test split); training and scoring need every frame annotated")
+        out.append(TrackSequence(s.name, s.boxes, s.present, s.frames, s.x_frames, s.modality))
+    return out
+
+
+class TrackingDataModule(LightningDataModule):
+    """Tracking batches (see the module docstring).
+
+    Args:
+        dataset: ``"synthetic"`` or a real layout name.
+        root: the training sequences' folder (real data); None for ``synthetic``.
+        test_root: the test sequences' folder (real data except VisEvent, which lists both in ``root``).
+        modality: the synthetic X modality: ``"depth"``, ``"thermal"`` or ``"event"``.
+        use_x: False drops X everywhere (the RGB-only ablation).
+        train_sequences, val_sequences, test_sequences: synthetic sequence counts (real data:
+            ``val_sequences`` training sequences are held out for validation).
+        sequence_length: frames per synthetic sequence.
+        frame_size: synthetic frame ``(H, W)``.
+        template_size, search_size: crop sides in pixels.
+        template_factor, search_factor: crop sides over sqrt(w h).
+        max_gap: largest frame distance between a pair's template and search.
+        centre_jitter: largest search-centre shift over sqrt(w h).
+        scale_jitter: std of the log search-scale change.
+        samples_per_epoch: training pairs per epoch.
+        batch_size: training batch size.
+        num_workers: DataLoader workers.
+        seed: seeds the training sequences and pairs.
+    """
+
+    def __init__(
+        self,
+        dataset: Literal["synthetic", "lasher", "depthtrack", "visevent", "lasot", "got10k"] = "synthetic",
+        root: str | None = None,
+        test_root: str | None = None,
+        modality: Literal["depth", "thermal", "event"] = "depth",
+        use_x: bool = True,
+        train_sequences: int = 100,
+        val_sequences: int = 6,
+        test_sequences: int = 24,
+        sequence_length: int = 48,
+        frame_size: tuple[int, int] = (144, 192),
+        template_size: int = 64,
+        search_size: int = 128,
+        template_factor: float = 2.0,
+        search_factor: float = 4.0,
+        max_gap: int = 30,
+        centre_jitter: float = 1.5,
+        scale_jitter: float = 0.25,
+        samples_per_epoch: int = 2000,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check_choice("dataset", dataset, DATASETS)
+        check_choice("modality", modality, MODALITIES)
+        for name, value, minimum in (("train_sequences", train_sequences, 1), ("val_sequences", val_sequences, 1),
+                                     ("test_sequences", test_sequences, 1), ("sequence_length", sequence_length, 2),
+                                     ("template_size", template_size, 16), ("search_size", search_size, 16),
+                                     ("max_gap", max_gap, 1), ("samples_per_epoch", samples_per_epoch, 1),
+                                     ("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("seed", seed, 0)):
+            check_positive_int(name, value, minimum=minimum)
+        for name, value in (("template_factor", template_factor), ("search_factor", search_factor)):
+            check_number(name, value, minimum=0.0, inclusive=False)
+        check_number("centre_jitter", centre_jitter)
+        check_number("scale_jitter", scale_jitter)
+        if not isinstance(use_x, bool):
+            raise ValueError(f"use_x: expected a bool, got {use_x!r}")
+        if dataset == "synthetic":
+            if root is not None or test_root is not None:
+                raise ValueError(f"root: the synthetic dataset is embedded and takes no root, got {root!r}")
+        else:
+            if not isinstance(root, (str, os.PathLike)) or not Path(root).is_dir():
+                raise ValueError(f"root: expected an existing folder for dataset={dataset!r}, got {root!r}")
+            if dataset != "visevent" and (not isinstance(test_root, (str, os.PathLike)) or not Path(test_root).is_dir()):
+                raise ValueError(f"test_root: expected an existing folder for dataset={dataset!r}, got {test_root!r}")
+        self.save_hyperparameters()
+        self.train_dataset: PairDataset | None = None
+        self.val_dataset: SequenceDataset | None = None
+        self.test_dataset: SequenceDataset | None = None
+
+    def _synthetic(self, split: str, count: int, seed: int) -> list[TrackSequence]:
+        hp = self.hparams
+        size = tuple(int(v) for v in hp.frame_size)
+        return [synthetic_sequence(seed * 100_003 + k, split, hp.modality, hp.sequence_length, size)
+                for k in tqdm(range(count), desc=f"rendering {split} sequences", leave=False,
+                              disable=count < 10)]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        hp = self.hparams
+        if hp.dataset == "synthetic":
+            train = self._synthetic("train", hp.train_sequences, hp.seed)
+            val = self._synthetic("val", hp.val_sequences, VAL_SEED)
+            test = self._synthetic("test", hp.test_sequences, TEST_SEED)
+        else:
+            train = _read_real(hp.dataset, hp.root, "train")
+            if len(train) <= hp.val_sequences:
+                raise ValueError(f"val_sequences: {len(train)} training sequences under root; holding out "
+                                 f"{hp.val_sequences} for validation would leave none for training")
+            train, val = train[:-hp.val_sequences], train[-hp.val_sequences:]
+            test = _read_real(hp.dataset, hp.root if hp.dataset == "visevent" else hp.test_root, "test")
+        self.train_dataset = PairDataset(train, hp.samples_per_epoch, hp.seed, hp.use_x, hp.template_size,
+                                         hp.search_size, hp.template_factor, hp.search_factor, hp.max_gap,
+                                         hp.centre_jitter, hp.scale_jitter)
+        self.val_dataset = SequenceDataset(val, hp.use_x)
+        self.test_dataset = SequenceDataset(test, hp.use_x)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        w = self.hparams.num_workers
+        return DataLoader(self.train_dataset, batch_size=self.hparams.batch_size,
+                          sampler=EpochSampler(len(self.train_dataset)), num_workers=w, persistent_workers=w > 0)
+
+    def _sequences(self, dataset: SequenceDataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._sequences(self.val_dataset)
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._sequences(self.test_dataset)
