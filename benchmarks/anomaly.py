@@ -21,9 +21,10 @@ smoothing (sigma 2 px) and the same image score (mean of the top 1% pixels). A f
 mask, predicted map per modality and method) goes to ``<run_dir>/anomaly_examples.png``; results
 to stdout (markdown) and ``<run_dir>/results.json``.
 
-``--release`` exports the default run's best checkpoint to ``checkpoints/anomaly-mtl-mad.safetensors``,
-loads the exported file with ``mmoe.load``, evaluates it as above, and prints the manifest row (with
-those metrics) as JSON; the manifest itself is left to the maintainers.
+``--release`` exports the default run's best checkpoint to ``<run_dir>/release/anomaly-mtl-mad.safetensors``
+(with a manifest.json there), loads the exported file with ``mmoe.load``, evaluates it as above,
+and prints the manifest row (with those metrics) as JSON; copying the file into checkpoints/ and
+the row into checkpoints/manifest.json is left to the maintainers.
 """
 
 from __future__ import annotations
@@ -279,7 +280,7 @@ def main() -> None:
     parser.add_argument("--skip_train", action="store_true")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--no_baselines", action="store_true")
-    parser.add_argument("--release", action="store_true", help="export the default run to checkpoints/")
+    parser.add_argument("--release", action="store_true", help="export the default run to <run_dir>/release/")
     parser.add_argument("--train_seconds", type=float, default=None,
                         help="with --skip_train --release: the measured wall time of the default fit")
     args = parser.parse_args()
@@ -315,7 +316,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str))
     if args.release and "default" in results and not args.smoke:
-        row = release(results["default"], ROOT / "checkpoints")
+        row = release(results["default"], Path(args.run_dir) / "release")
         print("\nmanifest row:\n" + json.dumps(row, indent=2))
 
 

@@ -3,11 +3,13 @@
 One ViT-style transformer, trained from scratch on normal images only, solves several
 self-supervised proxy tasks at once; each proxy task is routed to its own experts:
 
-* ``inpaint``: a random half of the patch tokens is replaced by a mask token; reconstruct their pixels;
+* ``inpaint``: a random half of the patch tokens, in square blocks of 1, 2 or 4 tokens, is replaced by a
+  mask token; reconstruct their pixels (blocks: a lesion larger than a patch cannot be copied from
+  its unmasked neighbours);
 * ``denoise``: Gaussian noise is added to the image; predict the clean image;
 * ``pseudo_seg``: segment the synthetic pseudo-anomaly of the training batch
   (:mod:`mmoe.datamodules.anomaly.pseudo`: CutPaste, foreign patches, intensity changes);
-* ``rotation``: every ``2 * patch`` cell of the image is rotated by a random multiple of 90 degrees;
+* ``rotation``: every ``4 * patch`` cell of the image is rotated by a random multiple of 90 degrees;
   predict each token's rotation (a geometric-transform task with a per-token answer).
 
 Routing: every MoE FFN has ``len(tasks) * experts_per_task`` experts in one group per proxy task,
@@ -18,13 +20,14 @@ only through the task embedding added to every token; ``"dense"`` replaces each 
 FFN of width ``(top_k + 1) * hidden_dim``: the same active parameters per token.
 
 Scoring (:meth:`ProxyTaskMoE.anomaly_maps`): each proxy task gives a per-pixel error on the
-unaltered image: inpainting error (two complementary checkerboard masks), denoising error (a
+unaltered image: inpainting error (complementary checkerboard masks of 2- and 4-token blocks, averaged), denoising error (a
 fixed noise draw), the predicted pseudo-anomaly probability, and the rotation surprise
 ``-log p(no rotation)``. Each map is smoothed (Gaussian, ``smooth_sigma`` px) and standardised
 with its mean and standard deviation on normal validation images of the same modality
 (``calib_mean``, ``calib_std``: buffers, so calibration travels with the weights); the anomaly
 map is the mean of the standardised maps, the image score the mean of its top ``top_fraction``
-pixels. An image of unknown modality gets the modality head's prediction.
+pixels; ``map_tasks`` chooses which tasks' maps are combined (all by default). An image of unknown
+modality gets the modality head's prediction.
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ class ProxyTaskMoE(nn.Module):
 
     Args:
         tasks: proxy tasks to train and score with (names from :data:`PROXY_TASKS`).
-        image_size: input side S (a multiple of ``2 * patch``).
+        image_size: input side S (a multiple of ``4 * patch``).
         num_modalities: modalities of the modality head and of the calibration tables.
         patch: patch side (tokens are ``patch x patch`` pixels).
         dim: token width. depth: transformer blocks. num_heads: attention heads.
@@ -113,6 +116,7 @@ class ProxyTaskMoE(nn.Module):
         noise_std: noise standard deviation for ``denoise``.
         smooth_sigma: Gaussian smoothing of the per-task maps in pixels.
         top_fraction: the image score is the mean of this share of the map's highest pixels.
+        map_tasks: the tasks whose standardised maps are averaged into the anomaly map (None: all).
     """
 
     def __init__(
@@ -133,13 +137,17 @@ class ProxyTaskMoE(nn.Module):
         noise_std: float = 0.1,
         smooth_sigma: float = 2.0,
         top_fraction: float = 0.01,
+        map_tasks: list[str] | None = None,
     ) -> None:
         super().__init__()
-        if image_size % (2 * patch):
-            raise ValueError(f"image_size: expected a multiple of 2 * patch = {2 * patch}, got {image_size}")
+        if image_size % (4 * patch):
+            raise ValueError(f"image_size: expected a multiple of 4 * patch = {4 * patch}, got {image_size}")
+        if map_tasks is not None and (not map_tasks or any(t not in tasks for t in map_tasks)):
+            raise ValueError(f"map_tasks: expected a non-empty subset of tasks={list(tasks)}, got {map_tasks!r}")
         self.tasks, self.image_size, self.patch = list(tasks), image_size, patch
         self.routing, self.mask_ratio, self.noise_std = routing, mask_ratio, noise_std
         self.smooth_sigma, self.top_fraction = smooth_sigma, top_fraction
+        self.map_tasks = list(map_tasks or tasks)
         T, g = len(self.tasks), image_size // patch
         self.num_tokens = g * g
         self.patch_embed = nn.Conv2d(3, dim, patch, stride=patch)
@@ -194,12 +202,44 @@ class ProxyTaskMoE(nn.Module):
         B, p, g = y.shape[0], self.patch, self.image_size // self.patch
         return y.view(B, g, g, channels, p, p).permute(0, 3, 1, 4, 2, 5).reshape(B, channels, g * p, g * p)
 
-    def cell_grid(self) -> int:
-        return self.image_size // (2 * self.patch)
+    #: side of a rotation cell in tokens
+    ROT_CELL = 4
+    #: inpainting: block sides (tokens) of the training masks, and of the complementary checkerboards when scoring
+    TRAIN_BLOCKS = (1, 2, 4)
+    EVAL_BLOCKS = (2, 4)
 
-    def token_cells(self, k: torch.Tensor) -> torch.Tensor:
-        """Per-cell rotations ``[B, h, w]`` -> per-token ``[B, N]`` (a cell is 2 x 2 tokens)."""
-        return k.repeat_interleave(2, 1).repeat_interleave(2, 2).flatten(1)
+    def cell_grid(self) -> int:
+        return self.image_size // (self.ROT_CELL * self.patch)
+
+    def token_cells(self, k: torch.Tensor, cell: int | None = None) -> torch.Tensor:
+        """Per-cell values ``[B, h, w]`` -> per-token ``[B, N]`` (a cell is ``cell x cell`` tokens)."""
+        c = cell or self.ROT_CELL
+        return k.repeat_interleave(c, 1).repeat_interleave(c, 2).flatten(1)
+
+    def block_mask(self, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        """Random inpainting masks ``[n, N]`` (bool): per sample a block side from :attr:`TRAIN_BLOCKS`
+        that divides the token grid, each block masked with probability ``mask_ratio``."""
+        g = self.image_size // self.patch
+        sizes = [b for b in self.TRAIN_BLOCKS if g % b == 0]
+        out = torch.zeros(n, self.num_tokens, dtype=torch.bool)
+        pick = torch.randint(len(sizes), (n,), generator=generator)
+        for i in range(n):
+            b = sizes[int(pick[i])]
+            cells = torch.rand(1, g // b, g // b, generator=generator) < self.mask_ratio
+            out[i] = self.token_cells(cells, b)[0]
+        return out.to(device)
+
+    def checkerboards(self, device: torch.device) -> list[torch.Tensor]:
+        """Complementary checkerboard masks ``[N]`` of each block side in :attr:`EVAL_BLOCKS` (two per side)."""
+        g = self.image_size // self.patch
+        out = []
+        for b in self.EVAL_BLOCKS:
+            if g % b:
+                continue
+            idx = torch.arange(g) // b
+            board = ((idx.view(-1, 1) + idx.view(1, -1)) % 2).bool().flatten().to(device)
+            out += [board, ~board]
+        return out
 
     # ------------------------------------------------------------------ training
     def training_outputs(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
@@ -218,7 +258,7 @@ class ProxyTaskMoE(nn.Module):
             if not bool(sel.any()):
                 continue
             if name == "inpaint":
-                token_mask[sel] = rand(int(sel.sum()), self.num_tokens) < self.mask_ratio
+                token_mask[sel] = self.block_mask(int(sel.sum()), generator, dev)
             elif name == "denoise":
                 noise = torch.randn(x[sel].shape, generator=generator, device="cpu").to(dev)
                 inp[sel] = x[sel] + self.noise_std * noise
@@ -227,7 +267,7 @@ class ProxyTaskMoE(nn.Module):
             elif name == "rotation":
                 g = self.cell_grid()
                 k = (rand(int(sel.sum()), g, g) * 4).long().clamp_max(3)
-                inp[sel] = rotate_cells(x[sel], k, 2 * self.patch)
+                inp[sel] = rotate_cells(x[sel], k, self.ROT_CELL * self.patch)
                 rot = torch.zeros(B, self.num_tokens, dtype=torch.long, device=dev)
                 rot[sel] = self.token_cells(k)
                 out["rotation_target"] = rot
@@ -273,12 +313,12 @@ class ProxyTaskMoE(nn.Module):
         of images ``x [B, 3, S, S]``; all passes in one backbone call."""
         B, dev, g = x.shape[0], x.device, self.image_size // self.patch
         inputs, ids, masks, slots = [], [], [], {}
-        checker = ((torch.arange(g).view(-1, 1) + torch.arange(g).view(1, -1)) % 2).bool().flatten().to(dev)
+        boards = self.checkerboards(dev)
         no_mask = torch.zeros(B, self.num_tokens, dtype=torch.bool, device=dev)
         gen = torch.Generator().manual_seed(0)  # a fixed noise draw: the same image always gets the same map
         for t, name in enumerate(self.tasks):
             if name == "inpaint":
-                for half in (checker, ~checker):
+                for half in boards:
                     slots.setdefault(name, []).append(len(inputs))
                     inputs.append(x), masks.append(half.expand(B, -1)), ids.append(t)
                 continue
@@ -296,11 +336,12 @@ class ProxyTaskMoE(nn.Module):
         for name in self.tasks:
             if name == "inpaint":
                 err = torch.zeros(B, self.image_size, self.image_size, device=dev, dtype=x.dtype)
-                for j, half in zip(slots[name], (checker, ~checker)):
+                for j, half in zip(slots[name], boards):
                     rec = self.unpatchify(self.heads[name](tokens[j]), 3)
                     m = half.float().view(1, 1, g, g)
                     m = F.interpolate(m, scale_factor=self.patch, mode="nearest")[0, 0]
                     err = err + (rec - x).pow(2).mean(1) * m
+                err = err / max(1, len(boards) // 2)  # each pixel is masked once per block side
             elif name == "denoise":
                 err = (self.unpatchify(self.heads[name](tokens[slots[name][0]]), 3) - x).pow(2).mean(1)
             elif name == "pseudo_seg":
@@ -322,7 +363,7 @@ class ProxyTaskMoE(nn.Module):
         mod = pred if modality is None else torch.where(modality < 0, pred, modality)
         mean, std = self.calib_mean[mod], self.calib_std[mod].clamp_min(1e-6)  # [B, T]
         z = (raw - mean[..., None, None]) / std[..., None, None]
-        amap = z.mean(1)
+        amap = z[:, [self.tasks.index(t) for t in self.map_tasks]].mean(1)
         k = max(1, int(round(self.top_fraction * amap[0].numel())))
         score = amap.flatten(1).topk(k, dim=1).values.mean(1)
         return {"map": amap, "score": score, "task_maps": raw, "modality": mod, "modality_logits": logits}

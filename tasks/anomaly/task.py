@@ -43,6 +43,7 @@ class AnomalyTask(BaseMoETask):
         mask_ratio: share of masked tokens for inpainting. noise_std: denoising noise level.
         smooth_sigma: Gaussian smoothing of the per-task maps (pixels).
         top_fraction: the image score is the mean of this share of the map's highest pixels.
+        map_tasks: proxy tasks whose standardised maps are averaged into the anomaly map (None: all of ``tasks``).
         modality_loss_weight: weight of the modality head's loss.
         aux_loss_weight: weight of the MoE auxiliary losses. log_routing: log routing stats and maps.
     """
@@ -68,6 +69,7 @@ class AnomalyTask(BaseMoETask):
         noise_std: float = 0.1,
         smooth_sigma: float = 2.0,
         top_fraction: float = 0.01,
+        map_tasks: list[str] | None = None,
         modality_loss_weight: float = 0.1,
         aux_loss_weight: float = 1.0,
         log_routing: bool = True,
@@ -94,6 +96,10 @@ class AnomalyTask(BaseMoETask):
         if not 0 < check_number("top_fraction", top_fraction) <= 1:
             raise ValueError(f"top_fraction: expected a value in (0, 1], got {top_fraction!r}")
         check_number("modality_loss_weight", modality_loss_weight)
+        if map_tasks is not None and (not isinstance(map_tasks, (list, tuple)) or not map_tasks
+                                      or any(t not in (tasks or PROXY_TASKS) for t in map_tasks)):
+            raise ValueError(f"map_tasks: expected a non-empty subset of tasks={list(tasks or PROXY_TASKS)}, "
+                             f"got {map_tasks!r}")
         super().__init__(aux_loss_weight=aux_loss_weight, log_routing=log_routing)
         self._calib: dict[str, torch.Tensor] | None = None
 
@@ -103,15 +109,15 @@ class AnomalyTask(BaseMoETask):
 
     def configure_models(self) -> None:
         hp, pre = self.hparams, self.pre
-        if pre.image_size % (2 * hp.patch):
-            raise ValueError(f"preprocess.image_size: expected a multiple of 2 * patch = {2 * hp.patch}, "
+        if pre.image_size % (4 * hp.patch):
+            raise ValueError(f"preprocess.image_size: expected a multiple of 4 * patch = {4 * hp.patch}, "
                              f"got {pre.image_size}")
         self.model = ProxyTaskMoE(
             tasks=self.proxy_tasks, image_size=pre.image_size, num_modalities=len(pre.modality_names),
             patch=hp.patch, dim=hp.dim, depth=hp.depth, num_heads=hp.num_heads, hidden_dim=hp.hidden_dim,
             experts_per_task=hp.experts_per_task, top_k=hp.top_k, routing=hp.routing,
             capacity_factor=hp.capacity_factor, mask_ratio=hp.mask_ratio, noise_std=hp.noise_std,
-            smooth_sigma=hp.smooth_sigma, top_fraction=hp.top_fraction)
+            smooth_sigma=hp.smooth_sigma, top_fraction=hp.top_fraction, map_tasks=hp.map_tasks)
 
     def configure_metrics(self) -> None:
         self.val_metrics = AnomalyMetrics(self.pre.modality_names)
