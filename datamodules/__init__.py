@@ -10,6 +10,8 @@ DATAMODULES: dict[str, str] = {
     "PDEDataModule": "mmoe.datamodules.pde.datamodule",
     "EmotionDataModule": "mmoe.datamodules.emotion.datamodule",
     "RestorationDataModule": "mmoe.datamodules.restoration.datamodule",
+    "SeparationDataModule": "mmoe.datamodules.separation.datamodule",
+    "AnomalyDataModule": "mmoe.datamodules.anomaly.datamodule",
 }
 
 __all__ = ["DATAMODULES", *DATAMODULES]

@@ -17,6 +17,8 @@ TASKS: dict[str, str] = {
     "PDETask": "mmoe.tasks.pde.task",
     "EmotionTask": "mmoe.tasks.emotion.task",
     "RestorationTask": "mmoe.tasks.restoration.task",
+    "SeparationTask": "mmoe.tasks.separation.task",
+    "AnomalyTask": "mmoe.tasks.anomaly.task",
 }
 
 __all__ = ["TASKS", "BaseMoETask", "OptimConfig", *TASKS]
