@@ -47,7 +47,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
@@ -121,9 +120,27 @@ def _gather_rows(x: torch.Tensor, sizes: list[int], group: Any, world: int) -> t
     return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks; the backward sums the ranks' gradients (each rank's input feeds every
+    rank's output)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
+        ctx.group = group
+        out = x.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        out = grad.contiguous().clone()
+        dist.all_reduce(out, group=ctx.group)
+        return out, None
+
+
 def _sum(x: torch.Tensor, group: Any) -> torch.Tensor:
-    """All-reduce sum that autograd differentiates (its backward sums the ranks' gradients)."""
-    return dist_fn.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
+    """All-reduce sum that autograd differentiates."""
+    return _AllReduceSum.apply(x, group)
 
 
 # ------------------------------------------------------------------------------ sharding

@@ -102,7 +102,8 @@ def round_trip_worker(rank: int, world: int, port: int, config: str, tmp: str) -
     cli = cli_main(["--config", config, "--run_dir", str(Path(tmp) / "ep_runs"),
                     "--trainer.strategy", "ddp_expert_parallel", "--trainer.devices", str(world),
                     "--trainer.accelerator", "cpu", "--trainer.max_steps", "3", "--trainer.logger", "false",
-                    "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false"], run=False)
+                    "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
+                    "--trainer.default_root_dir", tmp], run=False)
     model, trainer, single = cli.model, cli.trainer, str(Path(tmp) / "single.ckpt")
     batch = first_batch(cli)
     # a single-process checkpoint into an EP run (resharded on load)
@@ -152,7 +153,7 @@ def test_checkpoint_round_trip_one_process_and_expert_parallel(conf: Path, tmp_p
     config = tiny_config(conf, tmp_path, max_epochs=3, limit_val_batches=1)
     cli = cli_main(["fit", "--config", str(config), "--run_dir", str(tmp_path / "runs"), "--trainer.max_steps", "1",
                     "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
-                    "--trainer.enable_progress_bar", "false"])
+                    "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)])
     cli.trainer.save_checkpoint(tmp_path / "single.ckpt")
     batch = first_batch(cli)
 
