@@ -35,9 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load(path: str) -> SeparationTask:
-    model = mmoe.load(path) if not path.endswith(".ckpt") else SeparationTask.load_from_checkpoint(
-        path, map_location="cpu", weights_only=True)
-    return model.float().eval()
+    return mmoe.load(path).float().eval()
 
 
 def evaluate(separate, dm: SeparationDataModule, limit: int | None) -> dict[str, float]:
@@ -106,6 +104,34 @@ def real_time_factor(task: SeparationTask, seconds: float = 60.0, repeats: int =
     return best / seconds
 
 
+def release(args: argparse.Namespace) -> None:
+    """Export, load the exported file with ``mmoe.load`` and measure it; the manifest row carries those numbers."""
+    import yaml
+
+    from mmoe.zoo_cli import export_checkpoint
+
+    config_rel = "separation/tfmoe_8k.yaml"
+    cfg = yaml.safe_load((ROOT / "configs" / config_rel).read_text())
+    steps = int(torch.load(args.moe, map_location="cpu", weights_only=True)["global_step"])
+    train = "" if args.moe_train_s is None else f" ({args.moe_train_s:.0f} s on 2 CPU cores)"
+    training = (f"embedded eSpeak NG two-speaker mixtures, SeparationDataModule "
+                f"{json.dumps(cfg['data']['init_args'], sort_keys=True)}; recipe of {cfg['trainer']['max_steps']} "
+                f"steps{train}, best validation checkpoint at step {steps}, seed {cfg['seed_everything']}")
+    common = dict(ckpt=Path(args.moe), name=args.release, config=config_rel, task="separation",
+                  training_data=training, out_dir=Path(args.release_dir), dtype="float16",
+                  description="two-speaker speech separation at 8 kHz (band-split time/band-alternating MoE, "
+                              "after TF-MoE), weights stored as float16")
+    row = export_checkpoint(metrics={}, **common)
+    model = mmoe.load(str(Path(args.release_dir) / row["file"])).float().eval()
+    dm = SeparationDataModule(test_mixtures=args.test_mixtures)
+    dm.setup("test")
+    with torch.no_grad():
+        metrics = evaluate(lambda mix, src: model({"mixture": mix})["sources"], dm, args.limit)
+    row = export_checkpoint(metrics={"test_si_snri_db": round(metrics["si_snri"], 3),
+                                     "test_sdri_db": round(metrics["sdri"], 3)}, **common)
+    print(json.dumps(row, indent=2))
+
+
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} s"
 
@@ -120,7 +146,13 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N test mixtures")
     parser.add_argument("--smoke", action="store_true", help="tiny random models and 4 mixtures")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--release", default=None, help="export the --moe checkpoint as this zoo name (float16) into "
+                        "--release_dir, evaluate the exported file and write its metrics into that manifest row")
+    parser.add_argument("--release_dir", default="runs/bench_separation/release")
     args = parser.parse_args()
+    if args.release:
+        release(args)
+        return
     torch.manual_seed(0)
     if args.smoke:
         tiny = dict(n_fft=64, hop=16, dim=16, depth=1, num_heads=2, hidden_dim=16, num_experts=4, top_k=2, mask_hidden=16)

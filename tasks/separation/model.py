@@ -145,7 +145,9 @@ class TFMoESeparator(nn.Module):
         S, K, W = num_speakers, self.K, self.wmax
         # per-band projections as stacked weights (one einsum, no loop over bands)
         self.in_norm = nn.LayerNorm(2 * W)
-        self.in_weight = nn.Parameter(torch.randn(K, 2 * W, dim) / math.sqrt(2 * W))
+        # features per band token: the normalised real/imaginary bins (2W) and the log magnitudes (W),
+        # which keep the level of the band relative to the others that the normalisation removes
+        self.in_weight = nn.Parameter(torch.randn(K, 3 * W, dim) / math.sqrt(3 * W))
         self.in_bias = nn.Parameter(torch.zeros(K, dim))
         self.band_embed = nn.Parameter(torch.randn(K, dim) * 0.02)
         blocks = []
@@ -193,7 +195,9 @@ class TFMoESeparator(nn.Module):
         ri = F.pad(ri, (0, 0, 0, 1))  # a zero bin at index F for the padded band slots
         bands = ri[:, :, self.band_index]  # [B, T, K, W, 2]
         feats = bands.permute(0, 1, 2, 4, 3).reshape(B, T, self.K, 2 * self.wmax)
-        tokens = torch.einsum("btkw,kwd->btkd", self.in_norm(feats), self.in_weight) + self.in_bias
+        logmag = torch.log(bands.pow(2).sum(-1).add(1e-6)) * 0.125 * self.band_valid  # [B, T, K, W], ~unit scale
+        feats = torch.cat([self.in_norm(feats), logmag], -1)
+        tokens = torch.einsum("btkw,kwd->btkd", feats, self.in_weight) + self.in_bias
         pos = sinusoidal_positions(T, tokens.shape[-1], x.device)[:, None, :] + self.band_embed  # [T, K, dim]
         out = self.backbone({"audio": tokens.reshape(B, T * self.K, -1)},
                             positions={"audio": pos.reshape(T * self.K, -1)}, grid=(T, self.K))["audio"]
