@@ -38,6 +38,7 @@ strategy with the experts sharded before DDP wraps the model, the expert shards 
 DDP's gradient all-reduce and its state broadcasts, and checkpoints holding full (gathered)
 experts: an EP checkpoint loads in one process with ``mmoe.load``; a single-process checkpoint
 (or one written with another world size) is resharded on load, optimizer state included.
+Gradient clipping by norm uses the global norm (:func:`clip_grad_norm_`).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from mmoe.stats import RoutingStats
 
 __all__ = [
     "AllToAll",
+    "clip_grad_norm_",
     "ExpertParallel",
     "ExpertParallelStrategy",
     "expert_parallel_layers",
@@ -277,14 +279,15 @@ def sparse_forward(layer: MoELayer, xt: torch.Tensor, num_samples: int, mod: tor
     per_sample = T // max(num_samples, 1)
     sample = torch.arange(num_samples, device=device).repeat_interleave(per_sample)
 
-    # tokens per rank: the global T (capacity) and the layout of gathered decisions
-    mine = torch.tensor([T], dtype=torch.long, device=device)
-    parts = [torch.empty_like(mine) for _ in range(W)]
-    dist.all_gather(parts, mine, group=group)
-    sizes = [int(p) for p in torch.cat(parts).tolist()]
-    T_all = sum(sizes)
     cf = layer.capacity_factor if not expert_choice else (layer.capacity_factor or 1.0)
-    capacity = expert_capacity(cf, layer.top_k, T_all, E)
+    sizes: list[int] = []
+    capacity = None
+    if cf is not None:  # tokens per rank: the global T of the capacity, the layout of gathered scores
+        mine = torch.tensor([T], dtype=torch.long, device=device)
+        parts = [torch.empty_like(mine) for _ in range(W)]
+        dist.all_gather(parts, mine, group=group)
+        sizes = [int(p) for p in torch.cat(parts).tolist()]
+        capacity = expert_capacity(cf, layer.top_k, sum(sizes), E)
 
     if expert_choice:
         r = _expert_choice_routing(layer, xt, capacity, sizes, ep)
@@ -435,6 +438,29 @@ def _stats(layer: MoELayer, r: Routing, keep: torch.Tensor, kept_expert: torch.T
     )
 
 
+def clip_grad_norm_(model: nn.Module, parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` (2-norm) for a sharded model after DDP's gradient
+    all-reduce: replicated gradients count once, the expert shards of every rank are summed in,
+    so every rank computes the single-process norm and the same factor. Returns the norm."""
+    shards = {id(layer.experts.w_in): layer.expert_parallel for layer in expert_parallel_layers(model).values()}
+    shards.update({id(layer.experts.w_out): layer.expert_parallel
+                   for layer in expert_parallel_layers(model).values()})
+    grads = [p.grad for p in parameters if p.grad is not None]
+    device = grads[0].device if grads else torch.device("cpu")
+    replicated = sum((g.detach().double().pow(2).sum() for p, g in ((p, p.grad) for p in parameters)
+                      if g is not None and id(p) not in shards), torch.zeros((), dtype=torch.float64, device=device))
+    sharded = sum((p.grad.detach().double().pow(2).sum() for p in parameters
+                   if p.grad is not None and id(p) in shards), torch.zeros((), dtype=torch.float64, device=device))
+    groups = {id(ep.group): ep.group for ep in shards.values()}
+    for group in groups.values():
+        dist.all_reduce(sharded, group=group)
+    total = (replicated + sharded).sqrt()
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.to(g.dtype))
+    return total.float()
+
+
 # ------------------------------------------------------------------------------ Lightning
 def _broadcast_replicated(module: nn.Module, skip: set[str]) -> None:
     """Rank 0's parameters and buffers to every rank, except the expert shards."""
@@ -486,6 +512,12 @@ class ExpertParallelStrategy(DDPStrategy):
         else:  # DDP's own sync would overwrite the other ranks' expert shards with rank 0's
             _broadcast_replicated(self.lightning_module, set(self._expert_names))
         self.setup_precision_plugin()
+        module = self.lightning_module
+
+        def clip_grad_by_norm(optimizer: Any, clip_val: float) -> None:  # a global norm: shards differ per rank
+            clip_grad_norm_(module, [p for g in optimizer.param_groups for p in g["params"]], clip_val)
+
+        self.precision_plugin.clip_grad_by_norm = clip_grad_by_norm
         if fitting:
             from lightning.fabric.utilities.optimizer import _optimizers_to_device
 

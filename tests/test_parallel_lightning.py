@@ -105,7 +105,7 @@ def round_trip_worker(rank: int, world: int, port: int, config: str, tmp: str) -
                     "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
                     "--trainer.default_root_dir", tmp], run=False)
     model, trainer, single = cli.model, cli.trainer, str(Path(tmp) / "single.ckpt")
-    batch = first_batch(cli)
+    batch = torch.load(Path(tmp) / "batch.pt", weights_only=False)  # the parent's, whatever the data's randomness
     # a single-process checkpoint into an EP run (resharded on load)
     trainer.validate(model, datamodule=cli.datamodule, ckpt_path=single, verbose=False)
     assert expert_parallel_layers(model)
@@ -156,6 +156,7 @@ def test_checkpoint_round_trip_one_process_and_expert_parallel(conf: Path, tmp_p
                     "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)])
     cli.trainer.save_checkpoint(tmp_path / "single.ckpt")
     batch = first_batch(cli)
+    torch.save(batch, tmp_path / "batch.pt")
 
     mp.spawn(round_trip_worker, args=(2, free_port(), str(config), str(tmp_path)), nprocs=2, join=True)
 
