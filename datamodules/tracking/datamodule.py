@@ -50,6 +50,9 @@ from mmoe.sampling import EpochSampler
 from mmoe.validation import check_choice, check_number, check_positive_int
 
 DATASETS = ("synthetic", "lasher", "depthtrack", "visevent", "lasot", "got10k")
+#: the X modality of each real layout (None: RGB only)
+REAL_MODALITY: dict[str, str | None] = {"lasher": "thermal", "depthtrack": "depth", "visevent": "event",
+                                        "lasot": None, "got10k": None}
 #: fixed seeds of the validation and test sequences (independent of the training seed)
 VAL_SEED, TEST_SEED = 1_000_033, 2_000_033
 
@@ -296,6 +299,17 @@ class TrackingDataModule(LightningDataModule):
         self.val_dataset: SequenceDataset | None = None
         self.test_dataset: SequenceDataset | None = None
 
+    @property
+    def preprocess(self):
+        """The settings the model takes from the data (the CLI links them to ``model.preprocess``)."""
+        from mmoe.tasks.tracking.io import TrackingPreprocess  # here: the task's io may import this package
+
+        hp = self.hparams
+        modality = hp.modality if hp.dataset == "synthetic" else REAL_MODALITY[hp.dataset]
+        return TrackingPreprocess(template_size=hp.template_size, search_size=hp.search_size,
+                                  template_factor=float(hp.template_factor), search_factor=float(hp.search_factor),
+                                  modality=modality if hp.use_x else None)
+
     def _synthetic(self, split: str, count: int, seed: int) -> list[TrackSequence]:
         hp = self.hparams
         size = tuple(int(v) for v in hp.frame_size)
@@ -340,3 +354,6 @@ class TrackingDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         self.setup()
         return self._sequences(self.test_dataset)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

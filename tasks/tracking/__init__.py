@@ -1,1 +1,8 @@
-"""Single-object RGB+X tracking (in progress: metrics so far)."""
+"""Single-object RGB+X tracking: the one-stream dual-MoE tracker (``model``), its LightningModule
+(``task``), metrics (``metrics``) and what predict needs (``io``)."""
+
+from mmoe.tasks.tracking.io import TrackingPreprocess
+from mmoe.tasks.tracking.model import OneStreamMoETracker
+from mmoe.tasks.tracking.task import TrackingTask
+
+__all__ = ["OneStreamMoETracker", "TrackingPreprocess", "TrackingTask"]

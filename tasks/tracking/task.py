@@ -1,0 +1,230 @@
+"""TrackingTask: single-object RGB+X tracking with the one-stream dual-MoE tracker (:mod:`.model`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torchmetrics import MetricCollection
+
+from mmoe.datamodules.tracking.crops import crop_around
+from mmoe.tasks.base import BaseMoETask
+from mmoe.tasks.tracking.io import TrackingPreprocess, finish_sequence, prepare_sequence
+from mmoe.tasks.tracking.metrics import NormalizedPrecision, PrecisionAt, RGBDFScore, SuccessAUC, box_iou
+from mmoe.tasks.tracking.model import OneStreamMoETracker, decode_boxes, tracking_loss
+from mmoe.validation import check_bool, check_number, check_positive_int
+
+#: frames shown in the validation strip
+STRIP_FRAMES = 6
+
+
+class TrackingTask(BaseMoETask):
+    """Single-object tracking: trained on template/search pairs, validated and tested by
+    tracking whole sequences from the first frame's box.
+
+    Training batches: ``template``, ``search`` (RGB crops), ``template_x``, ``search_x`` (X crops),
+    ``has_x``, ``box`` (the target in the search crop, xywh / S); see the datamodule. The loss is
+    the centre head's focal loss plus L1 and GIoU on the box (:func:`.model.tracking_loss`). X is
+    dropped for a fraction ``x_dropout`` of training batches so the model also tracks without
+    it. Validation/test batches are sequences; metrics: success AUC, precision at 20 px,
+    normalised precision (:mod:`.metrics`) and, with depth, the VOT-RGBD F-score.
+
+    Args:
+        preprocess: crop sizes and factors, the X modality (linked from the datamodule).
+        patch_size: patch side. dim: token width. depth: backbone blocks. num_heads: attention heads.
+        hidden_dim: expert hidden width. num_experts: experts per MoE FFN. top_k: experts per token.
+        slots: soft-MoE slots per expert.
+        moe: False gives the dense baseline with the same active width.
+        x_dropout: probability of training a batch without X.
+        lost_threshold: below this confidence the next search stays centred on the last
+            confident box (the target may be hidden).
+        aux_loss_weight: weight of the MoE auxiliary losses. log_routing: log routing stats.
+    """
+
+    monitor = "val/success_auc"
+    mode = "max"
+    preprocess_class = TrackingPreprocess
+
+    def __init__(self, preprocess: TrackingPreprocess | None = None, patch_size: int = 8, dim: int = 128,
+                 depth: int = 4, num_heads: int = 4, hidden_dim: int = 256, num_experts: int = 4, top_k: int = 1,
+                 slots: int = 4, moe: bool = True, x_dropout: float = 0.1, lost_threshold: float = 0.2,
+                 aux_loss_weight: float = 1.0, log_routing: bool = True) -> None:
+        for name, value in (("patch_size", patch_size), ("dim", dim), ("depth", depth), ("num_heads", num_heads),
+                            ("hidden_dim", hidden_dim), ("num_experts", num_experts), ("top_k", top_k),
+                            ("slots", slots)):
+            check_positive_int(name, value)
+        check_bool("moe", moe)
+        if not 0 <= check_number("x_dropout", x_dropout) <= 1:
+            raise ValueError(f"x_dropout: expected a probability in [0, 1], got {x_dropout!r}")
+        if not 0 <= check_number("lost_threshold", lost_threshold) < 1:
+            raise ValueError(f"lost_threshold: expected a value in [0, 1), got {lost_threshold!r}")
+        super().__init__(aux_loss_weight=aux_loss_weight, log_routing=log_routing)
+
+    def configure_models(self) -> None:
+        hp = self.hparams
+        self.model = OneStreamMoETracker(
+            template_size=self.pre.template_size, search_size=self.pre.search_size, patch_size=hp.patch_size,
+            dim=hp.dim, depth=hp.depth, num_heads=hp.num_heads, hidden_dim=hp.hidden_dim,
+            num_experts=hp.num_experts, top_k=hp.top_k, slots=hp.slots, moe=hp.moe)
+
+    def configure_metrics(self) -> None:
+        def one_pass() -> MetricCollection:
+            return MetricCollection({"success_auc": SuccessAUC(), "precision": PrecisionAt(20),
+                                     "norm_precision": NormalizedPrecision()})
+
+        self.train_metrics, self.val_metrics, self.test_metrics = None, one_pass(), one_pass()
+        self.val_rgbd, self.test_rgbd = RGBDFScore(), RGBDFScore()
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batch: dict[str, Any]) -> Any:
+        if "frames" in batch:  # a whole sequence (validation, test, predict): from its first box
+            init = batch["init_box"] if "init_box" in batch else batch["boxes"][0]
+            return self.track(batch["frames"], batch.get("x"), init)
+        use_x = bool(batch["has_x"].all()) and self.pre.modality is not None
+        if use_x and self.training and self.hparams.x_dropout > 0:
+            use_x = bool(torch.rand(()) >= self.hparams.x_dropout)
+        if use_x:
+            return self.model(batch["template"], batch["search"], batch["template_x"], batch["search_x"])
+        return self.model(batch["template"], batch["search"])
+
+    def task_loss(self, output: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        return tracking_loss(output, batch["box"])["loss"]
+
+    def update_metrics(self, split: str, output: Any, batch: dict[str, Any]) -> None:
+        """Training has no tracking metrics (pairs are not sequences)."""
+
+    # ------------------------------------------------------------------ tracking
+    @torch.no_grad()
+    def track(self, frames: torch.Tensor, x: torch.Tensor | None, init_box: torch.Tensor
+              ) -> dict[str, torch.Tensor]:
+        """Track through ``frames [N, H, W, 3]`` (uint8, or float in [0, 1]) from ``init_box``
+        (xywh pixels in frame 0); ``x [N, H, W]`` in [0, 1] or None. Returns ``{"boxes": [N, 4]
+        pixels, "confidence": [N]}`` (frame 0: the initial box, confidence 1)."""
+        pre, device = self.pre, self.device
+        dtype = next(p for p in self.parameters() if p.is_floating_point()).dtype
+        rgb = frames.float().div(255) if frames.dtype == torch.uint8 else frames.float()
+        rgb = rgb.cpu().numpy()
+        xs = x.float().cpu().numpy() if (x is not None and pre.modality is not None) else None
+        H, W = rgb.shape[1:3]
+        box = init_box.double().cpu().numpy()
+
+        def tensor(a: np.ndarray) -> torch.Tensor:
+            a = a[:, :, None] if a.ndim == 2 else a
+            return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None].to(device, dtype)
+
+        template = tensor(crop_around(rgb[0], box, pre.template_factor, pre.template_size)[0])
+        template_x = tensor(crop_around(xs[0], box, pre.template_factor, pre.template_size)[0]) \
+            if xs is not None else None
+        boxes, conf = [box.copy()], [1.0]
+        centre_box = box.copy()  # where the next search is centred
+        for t in range(1, len(rgb)):
+            search, tf = crop_around(rgb[t], centre_box, pre.search_factor, pre.search_size)
+            search_x = tensor(crop_around(xs[t], centre_box, pre.search_factor, pre.search_size)[0]) \
+                if xs is not None else None
+            maps = self.model(template, tensor(search), template_x, search_x)
+            crop_box, c = decode_boxes(maps)
+            b = tf.box_to_frame(crop_box[0].double().cpu().numpy() * pre.search_size)
+            # keep the box inside the frame with at least one pixel of size
+            w, h = np.clip(b[2], 1, W), np.clip(b[3], 1, H)
+            cx, cy = np.clip(b[0] + b[2] / 2, 0, W), np.clip(b[1] + b[3] / 2, 0, H)
+            b = np.array([cx - w / 2, cy - h / 2, w, h])
+            boxes.append(b)
+            conf.append(float(c[0]))
+            if conf[-1] >= self.hparams.lost_threshold:
+                centre_box = b
+        return {"boxes": torch.tensor(np.stack(boxes)), "confidence": torch.tensor(conf, dtype=torch.float64)}
+
+    def _sequence_step(self, split: str, batch: dict[str, Any]) -> None:
+        boxes = batch["boxes"]
+        init = boxes[0]
+        if not bool(batch["present"][0]):
+            raise ValueError(f"{split} sequence {batch.get('name')!r}: the target is absent in the first frame")
+        out = self.track(batch["frames"], batch.get("x"), init)
+        pred, gt, present = out["boxes"], boxes.double().cpu(), batch["present"].cpu()
+        self.split_metrics(split).update(pred, gt, present=present)
+        if self.pre.modality == "depth" and "x" in batch:
+            getattr(self, f"{split}_rgbd").update(pred, gt, out["confidence"], present)
+        if split == "val" and self.collect_figures:
+            store = self.__dict__.setdefault("_val_tracks", [])
+            store.append((pred, gt, present))
+            if len(store) == 1:  # the first sequence's frames with boxes, for the strip figure
+                idx = np.linspace(0, len(pred) - 1, min(STRIP_FRAMES, len(pred))).round().astype(int)
+                self.__dict__["_val_strip"] = [(batch["frames"][i].cpu().numpy(), pred[i].numpy(), gt[i].numpy(),
+                                                bool(present[i])) for i in idx]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._sequence_step("val", batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._sequence_step("test", batch)
+
+    def _log_metrics(self, split: str, log: bool = True) -> None:
+        super()._log_metrics(split, log)
+        rgbd = getattr(self, f"{split}_rgbd", None)
+        if rgbd is not None and rgbd.update_called:
+            values = rgbd.compute()
+            rgbd.reset()
+            if log:
+                for key in ("f_score", "precision", "recall"):
+                    self.log(f"{split}/rgbd_{key}", values[key].float())
+
+    def validation_figures(self) -> dict[str, Any]:
+        """Success and precision plots of the validation sequences, and a strip of frames with
+        predicted (red) and true (green) boxes."""
+        tracks = self.__dict__.pop("_val_tracks", [])
+        strip = self.__dict__.pop("_val_strip", None)
+        if not tracks:
+            return {}
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Rectangle
+
+        figures = {}
+        success, precision = SuccessAUC(), PrecisionAt(20)
+        for pred, gt, present in tracks:
+            success.update(pred, gt, present)
+            precision.update(pred, gt, present)
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+        axes[0].plot(success.thresholds.numpy(), success.curve().numpy())
+        axes[0].set(xlabel="IoU threshold", ylabel="success rate", title=f"success (AUC {float(success.compute()):.3f})")
+        axes[1].plot(precision.thresholds.numpy(), precision.curve().numpy())
+        axes[1].set(xlabel="centre error (px)", ylabel="precision", title=f"precision@20 {float(precision.compute()):.3f}")
+        fig.tight_layout()
+        figures["success_precision"] = fig
+        if strip:
+            fig, axes = plt.subplots(1, len(strip), figsize=(2.4 * len(strip), 2.2), squeeze=False)
+            for ax, (frame, p, g, present) in zip(axes[0], strip):
+                ax.imshow(frame)
+                ax.add_patch(Rectangle(p[:2], p[2], p[3], fill=False, color="red", lw=1.2))
+                if present:
+                    ax.add_patch(Rectangle(g[:2], g[2], g[3], fill=False, color="lime", lw=1.0))
+                ax.set_title(f"IoU {float(box_iou(torch.tensor(p)[None], torch.tensor(g)[None])[0]):.2f}"
+                             if present else "absent", fontsize=8)
+                ax.axis("off")
+            fig.tight_layout()
+            figures["tracking_strip"] = fig
+        return figures
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, frames: Any, init_box: Any, x_frames: Any = None) -> dict[str, np.ndarray]:
+        """Track one target through a sequence.
+
+        Args:
+            frames: RGB frames: a list of ``[H, W, 3]`` uint8 (or float in [0, 1]) arrays, an
+                array ``[N, H, W, 3]``, a folder of images (sorted by name) or a video file.
+            init_box: the target in the first frame, ``(x, y, w, h)`` in pixels.
+            x_frames: the X frames, the same forms and length (depth may be 16-bit single channel,
+                in millimetres), or None; ignored by an RGB-only model.
+
+        Returns ``{"boxes": [N, 4] (x, y, w, h pixels; the first is init_box), "confidence": [N]}``.
+        """
+        return super().predict(frames, init_box, x_frames)
+
+    def prepare_inputs(self, frames: Any, init_box: Any, x_frames: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        return prepare_sequence(self.pre, frames, init_box, x_frames)
+
+    def finish_outputs(self, output: dict[str, torch.Tensor], context: dict[str, Any]) -> dict[str, np.ndarray]:
+        return finish_sequence(output, context)
