@@ -580,3 +580,8 @@ class ExpertParallelStrategy(DDPStrategy):
 if "ddp_expert_parallel" not in StrategyRegistry:
     StrategyRegistry.register("ddp_expert_parallel", ExpertParallelStrategy,
                               description="DDP with MoE experts sharded over the processes (mmoe.parallel)")
+    # like Lightning's ddp_find_unused_parameters_true: for models where a batch leaves some
+    # replicated parameters unused (per-task heads)
+    StrategyRegistry.register("ddp_expert_parallel_find_unused_parameters_true", ExpertParallelStrategy,
+                              description="ddp_expert_parallel with find_unused_parameters=True",
+                              find_unused_parameters=True)
