@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mmoe.datamodules.anomaly import bmad, sources
 from mmoe.datamodules.anomaly.lesions import simulate_lesion
 from mmoe.datamodules.anomaly.pseudo import KINDS, synthesize
+from mmoe.sampling import EpochSampler
 from mmoe.validation import check_choice, check_positive_int
 
 DATASETS = ("embedded", "bmad")
@@ -96,23 +96,6 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
 def _sample(image: np.ndarray, mask: np.ndarray, label: int, modality: int, has_mask: bool) -> dict[str, torch.Tensor]:
     return {"image": _tensor(image), "mask": torch.from_numpy(mask.astype(np.float32))[None],
             "label": torch.tensor(label), "has_mask": torch.tensor(has_mask), "modality": torch.tensor(modality)}
-
-
-class EpochSampler(Sampler):
-    """Yields ``(epoch, index)``; Lightning sets the epoch (``set_epoch``)."""
-
-    def __init__(self, num_samples: int) -> None:
-        self.num_samples, self._next_epoch = num_samples, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self._next_epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
-        return iter([(epoch, i) for i in range(self.num_samples)])
 
 
 class TrainDataset(Dataset):

@@ -19,18 +19,18 @@ every draw a pure function of ``(seed, epoch, index)``; validation mixtures are 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from mmoe.datamodules.separation import speech
 from mmoe.datamodules.separation.readers import MixtureRecord, load_record, read_librimix, read_wsj0_2mix
 from mmoe.tasks.separation.io import SeparationPreprocess
+from mmoe.sampling import EpochSampler
 from mmoe.validation import check_choice, check_number, check_positive_int
 
 DATASETS = ("espeak", "librimix", "wsj0-2mix")
@@ -60,23 +60,6 @@ def mix_pair(a: np.ndarray, b: np.ndarray, snr_db: float, level_db: float, lengt
         mixture, sources = np.pad(mixture, (0, pad)), np.pad(sources, ((0, 0), (0, pad)))
     return {"mixture": torch.from_numpy(mixture.astype(np.float32)),
             "sources": torch.from_numpy(sources.astype(np.float32))}
-
-
-class EpochSampler(Sampler):
-    """Yields ``(epoch, index)``; Lightning sets the epoch, otherwise each new iteration counts one."""
-
-    def __init__(self, num_samples: int) -> None:
-        self.num_samples, self._next_epoch = num_samples, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self._next_epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
-        return iter([(epoch, i) for i in range(self.num_samples)])
 
 
 class Utterances:
