@@ -12,6 +12,7 @@ DATAMODULES: dict[str, str] = {
     "RestorationDataModule": "mmoe.datamodules.restoration.datamodule",
     "SeparationDataModule": "mmoe.datamodules.separation.datamodule",
     "AnomalyDataModule": "mmoe.datamodules.anomaly.datamodule",
+    "TrackingDataModule": "mmoe.datamodules.tracking.datamodule",
 }
 
 __all__ = ["DATAMODULES", *DATAMODULES]

@@ -19,6 +19,7 @@ TASKS: dict[str, str] = {
     "RestorationTask": "mmoe.tasks.restoration.task",
     "SeparationTask": "mmoe.tasks.separation.task",
     "AnomalyTask": "mmoe.tasks.anomaly.task",
+    "TrackingTask": "mmoe.tasks.tracking.task",
 }
 
 __all__ = ["TASKS", "BaseMoETask", "OptimConfig", *TASKS]

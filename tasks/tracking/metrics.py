@@ -210,8 +210,14 @@ class RGBDFScore(Metric):
         self.ious.append(torch.where(valid, box_iou(pred, gt), torch.zeros(len(gt), dtype=torch.float64)))
         self.confidences.append(conf.detach().double().cpu()[1:])
         self.present.append(valid)
-        self.sequence.append(torch.full((len(gt),), self._next_id, dtype=torch.long))
+        # ids unique across processes too: the states of all ranks are concatenated before compute
+        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        self.sequence.append(torch.full((len(gt),), rank * 2**40 + self._next_id, dtype=torch.long))
         self._next_id += 1
+
+    def reset(self) -> None:
+        super().reset()
+        self._next_id = 0
 
     def compute(self) -> dict[str, torch.Tensor]:
         def cat(x):
