@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from recipe_overrides import overrides  # benchmarks/ is on sys.path when a script runs
 
 # albumentations (training crops) asks PyPI for a newer version on import unless this is set
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -82,34 +83,11 @@ def config_path(name: str, config_dir: Path) -> Path:
     return path
 
 
-def overrides(cfg: dict, max_steps: int | None, smoke: bool) -> tuple[list[str], dict, dict]:
-    """(CLI overrides, the model init_args and data init_args they lead to)."""
-    model_args = dict(cfg["model"].get("init_args") or {})
-    data_args = dict(cfg["data"].get("init_args") or {})
-    args: list[str] = []
-    if smoke:
-        max_steps = max_steps or SMOKE_STEPS
-        for k, v in SMOKE_MODEL.items():
-            args += [f"--model.init_args.{k}", str(v)]
-        for k, v in SMOKE_DATA.items():
-            args += [f"--data.init_args.{k}", str(v)]
-        model_args |= SMOKE_MODEL
-        data_args |= SMOKE_DATA
-        args += ["--trainer.enable_model_summary", "false"]
-    if max_steps:
-        args += ["--trainer.max_steps", str(max_steps)]
-        # a trial shorter than the validation interval still validates (and saves a best checkpoint) at its end
-        interval = (cfg.get("trainer") or {}).get("val_check_interval")
-        if isinstance(interval, int) and not isinstance(interval, bool) and interval > max_steps:
-            args += ["--trainer.val_check_interval", str(max_steps)]
-    return args, model_args, data_args
-
-
 def train(name: str, config: Path, args: argparse.Namespace) -> dict:
     from mmoe.cli import cli_main
 
     cfg = yaml.safe_load(config.read_text())
-    extra, model_args, data_args = overrides(cfg, args.max_steps, args.smoke)
+    extra, model_args, data_args = overrides(cfg, args.max_steps, args.smoke, SMOKE_MODEL, SMOKE_DATA, SMOKE_STEPS)
     if args.seed is not None:
         extra += ["--seed_everything", str(args.seed)]
     argv, sys.argv[1:] = sys.argv[1:], []  # LightningCLI warns when it sees both args and sys.argv

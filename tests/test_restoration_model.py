@@ -12,13 +12,8 @@ from mmoe.tasks.restoration.io import reflect_pad
 from mmoe.tasks.restoration.metrics import RestorationMetrics, rgb_to_y
 from mmoe.tasks.restoration.model import haar_dwt, haar_idwt
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on shared cores, intra-op threads cost more than they give (and contend)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# No torch.set_num_threads here: with torch 2.14.1's MKL, going from 1 thread back to 2 breaks
+# later batched LU solves in the same process ("Intel oneMKL ERROR ... DLASWP"; torchmetrics' SDR).
 
 
 SMALL = dict(channels=8, dim=16, depth=2, hidden_dim=16, experts_per_group=3, top_k=1)

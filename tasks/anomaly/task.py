@@ -186,6 +186,14 @@ class AnomalyTask(BaseMoETask):
 
     def _apply_calibration(self) -> None:
         c, self._calib = self._calib, None
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            # every rank calibrates on the normal images of all ranks: the buffers stay identical
+            M, T = self.model.calib_mean.shape
+            if c is None:
+                c = {k: torch.zeros(M, T, dtype=torch.float64, device=self.model.calib_mean.device)
+                     for k in ("n", "s", "ss")}
+            c = {k: trainer.strategy.reduce(v, reduce_op="sum") for k, v in c.items()}
         if c is None:
             return
         seen = c["n"][:, 0] > 0

@@ -19,24 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmoe.backbone import BlockSpec, MultimodalMoEBackbone, sinusoidal_positions
-from mmoe.mixers import register_mixer
+from mmoe.mixers import SelfAttention, register_mixer
 from mmoe.moe_layer import MoELayer
 from mmoe.validation import check_positive_int
 
 
-class _AxisAttention(nn.Module):
-    """Self-attention along one axis of the ``(T, K)`` token grid (``grid`` passed by the backbone)."""
+class _AxisAttention(SelfAttention):
+    """Self-attention (:class:`mmoe.mixers.SelfAttention`) along one axis of the ``(T, K)`` token
+    grid (``grid`` passed by the backbone)."""
 
     axis: int = 0
-
-    def __init__(self, dim: int, num_heads: int = 4) -> None:
-        super().__init__()
-        check_positive_int("num_heads", num_heads)
-        if dim % num_heads:
-            raise ValueError(f"num_heads: expected a divisor of dim={dim}, got {num_heads}")
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, ...] | None = None,
                 attn_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -47,10 +39,7 @@ class _AxisAttention(nn.Module):
         g = x.view(B, T, K, D)
         # time mixer: sequences are the frames of one band; band mixer: the bands of one frame
         seq = g.transpose(1, 2).reshape(B * K, T, D) if self.axis == 0 else g.reshape(B * T, K, D)
-        n, S = seq.shape[:2]
-        q, k, v = self.qkv(seq).view(n, S, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, S, D)
-        out = self.proj(out)
+        out = super().forward(seq)
         if self.axis == 0:
             return out.view(B, K, T, D).transpose(1, 2).reshape(B, N, D)
         return out.reshape(B, N, D)
