@@ -141,8 +141,7 @@ def round_trip_worker(rank: int, world: int, port: int, config: str, tmp: str) -
 
 
 # the anomaly task recalibrates its calib_mean/calib_std buffers from the validation images in every
-# validation epoch (per rank, not reduced over ranks), so the model after the EP validate is no
-# longer the checkpoint's; a task-side DDP question, reported in /work/handoff/parallel.md
+# validation epoch (summed over ranks), so the model after the EP validate is no longer the checkpoint's
 KNOWN = {"anomaly": "validation recalibrates the anomaly map (buffers) from the validation images it sees; "
                     "with limit_val_batches=1 per rank the 2-rank run sees other images than one process"}
 
