@@ -96,3 +96,14 @@ def test_preprocess_checks():
         TrackingPreprocess(modality="lidar")
     with pytest.raises(ValueError, match="preprocess.search_size"):
         TrackingPreprocess(search_size=8)
+
+
+def test_uint8_and_float_frames_track_alike():
+    """uint8 frames are kept as uint8 and converted one at a time; the boxes equal the float path's."""
+    task = tiny(modality=None)
+    rgb, _ = frames(5, 37, 53)  # odd sizes
+    a = task.predict(rgb, [9.5, 11, 13, 8])
+    b = task.predict(rgb.astype(np.float32) / 255, [9.5, 11, 13, 8])
+    mixed = task.predict([rgb[0], *(rgb[1:].astype(np.float32) / 255)], [9.5, 11, 13, 8])
+    np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-4)
+    np.testing.assert_allclose(mixed["boxes"], b["boxes"], atol=1e-4)

@@ -155,14 +155,22 @@ def prepare_sequence(pre: TrackingPreprocess, frames: Any, init_box: Any, x_fram
     rgb = load_frames(frames, "frames")
     if not rgb:
         raise ValueError("frames: expected at least one frame, got none")
-    rgb = [_as_float(f, f"frames[{i}]" if i else "frames", pre, (3,)) for i, f in enumerate(rgb)]
-    size = rgb[0].shape[:2]
-    if min(size) < 2:
-        raise ValueError(f"frames: expected frames of at least 2x2 pixels, got {size}")
+    # each frame is checked as float, but uint8 frames are kept as uint8 (a quarter of the memory);
+    # the tracker converts one frame at a time
+    kept, size = [], None
     for i, f in enumerate(rgb):
-        if f.shape[:2] != size:
-            raise ValueError(f"frames[{i}]: expected the first frame's size {size}, got {f.shape[:2]}")
-    batch: dict[str, Any] = {"frames": torch.from_numpy(np.stack(rgb))}
+        checked = _as_float(f, f"frames[{i}]" if i else "frames", pre, (3,))
+        if size is None:
+            size = checked.shape[:2]
+            if min(size) < 2:
+                raise ValueError(f"frames: expected frames of at least 2x2 pixels, got {size}")
+        elif checked.shape[:2] != size:
+            raise ValueError(f"frames[{i}]: expected the first frame's size {size}, got {checked.shape[:2]}")
+        kept.append(f[..., :3] if f.dtype == np.uint8 else checked)
+    if len({k.dtype for k in kept}) > 1:  # a mix of uint8 and float frames: one float sequence
+        kept = [k.astype(np.float32) / 255 if k.dtype == np.uint8 else k for k in kept]
+    stacked = np.stack(kept)
+    batch: dict[str, Any] = {"frames": torch.from_numpy(stacked)}
     if x_frames is not None:
         x = load_frames(x_frames, "x_frames")
         if len(x) != len(rgb):

@@ -103,23 +103,27 @@ class TrackingTask(BaseMoETask):
         pixels, "confidence": [N]}`` (frame 0: the initial box, confidence 1)."""
         pre, device = self.pre, self.device
         dtype = next(p for p in self.parameters() if p.is_floating_point()).dtype
-        rgb = frames.float().div(255) if frames.dtype == torch.uint8 else frames.float()
-        rgb = rgb.cpu().numpy()
+        frames = frames.cpu()  # kept in its own dtype: one frame at a time becomes float (memory)
+
+        def frame(t: int) -> np.ndarray:
+            f = frames[t]
+            return (f.float() / 255 if f.dtype == torch.uint8 else f.float()).numpy()
+
         xs = x.float().cpu().numpy() if (x is not None and pre.modality is not None) else None
-        H, W = rgb.shape[1:3]
+        H, W = frames.shape[1:3]
         box = init_box.double().cpu().numpy()
 
         def tensor(a: np.ndarray) -> torch.Tensor:
             a = a[:, :, None] if a.ndim == 2 else a
             return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None].to(device, dtype)
 
-        template = tensor(crop_around(rgb[0], box, pre.template_factor, pre.template_size)[0])
+        template = tensor(crop_around(frame(0), box, pre.template_factor, pre.template_size)[0])
         template_x = tensor(crop_around(xs[0], box, pre.template_factor, pre.template_size)[0]) \
             if xs is not None else None
         boxes, conf = [box.copy()], [1.0]
         centre_box = box.copy()  # where the next search is centred
-        for t in range(1, len(rgb)):
-            search, tf = crop_around(rgb[t], centre_box, pre.search_factor, pre.search_size)
+        for t in range(1, len(frames)):
+            search, tf = crop_around(frame(t), centre_box, pre.search_factor, pre.search_size)
             search_x = tensor(crop_around(xs[t], centre_box, pre.search_factor, pre.search_size)[0]) \
                 if xs is not None else None
             maps = self.model(template, tensor(search), template_x, search_x)
