@@ -165,6 +165,17 @@ def test_librimix_reader_reroots_csv_paths(tmp_path: Path, kind: str) -> None:
         load_record(records[0], 16000)  # a file at another rate than asked
 
 
+def test_librimix_csv_cannot_point_outside_root(tmp_path: Path) -> None:
+    make_librimix(tmp_path / "Libri2Mix")
+    meta = tmp_path / "Libri2Mix" / "wav8k" / "min" / "metadata" / "mixture_dev_mix_clean.csv"
+    text = meta.read_text().splitlines()
+    head, first = text[0], text[1].split(",")
+    first[2] = "/x/a/b/../../../../../etc/passwd"  # source_1_path escaping the dataset
+    meta.write_text("\n".join([head, ",".join(first)]) + "\n")
+    with pytest.raises(ValueError, match="root: LibriMix CSV path"):
+        read_librimix(tmp_path / "Libri2Mix", "dev", 8000, "min", "mix_clean")
+
+
 def make_wsj0(root: Path, rate: int = 8000, split: str = "tt") -> dict[str, np.ndarray]:
     rng = np.random.default_rng(2)
     folder = root / "2speakers" / f"wav{rate // 1000}k" / "min" / split

@@ -60,9 +60,11 @@ def read_audio(path: str | os.PathLike, sample_rate: int | None = None, arg: str
 
 def _reroot(root: Path, path: str) -> str:
     parts = Path(path.replace("\\", "/")).parts
-    if len(parts) < 5:
+    tail = parts[-5:]
+    # a CSV must not lead the reader out of root: the five kept parts are plain names
+    if len(parts) < 5 or any(p in ("", ".", "..") or "/" in p for p in tail):
         raise ValueError(f"root: LibriMix CSV path {path!r} does not end in wav*/<mode>/<split>/<folder>/<id>.wav")
-    return str(root.joinpath(*parts[-5:]))
+    return str(root.joinpath(*tail))
 
 
 def read_librimix(root: str | os.PathLike, split: str, sample_rate: int = 8000, mode: str = "min",
