@@ -167,7 +167,9 @@ def test_checkpoint_round_trip_one_process_and_expert_parallel(conf: Path, tmp_p
     batch = first_batch(cli)
     torch.save(batch, tmp_path / "batch.pt")
 
-    mp.spawn(round_trip_worker, args=(2, free_port(), str(config), str(tmp_path)), nprocs=2, join=True)
+    from test_parallel import spawn_once_more_on_crash
+
+    spawn_once_more_on_crash(round_trip_worker, lambda port: (2, port, str(config), str(tmp_path)), 2)
 
     single = mmoe.load(str(tmp_path / "single.ckpt"))
     with torch.no_grad():
