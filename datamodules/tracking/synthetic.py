@@ -1,5 +1,5 @@
-"""Embedded tracking sequences rendered from photographs bundled in the scikit-image wheel (no
-download), with an X modality rendered consistently with the scene.
+"""Embedded tracking sequences rendered from photographs bundled in the scikit-image and
+matplotlib wheels (no download), with an X modality rendered consistently with the scene.
 
 A sequence is a background (a crop of a source photograph) with a target sprite (a crop of a
 source photograph under a soft elliptical mask) that moves smoothly (an Ornstein-Uhlenbeck
@@ -44,7 +44,7 @@ ATTRIBUTES: tuple[str, ...] = ("occlusion", "out_of_view", "dark", "overexposed"
 #: source photographs per split; a sequence's background and objects come from its split only
 SOURCES: dict[str, tuple[str, ...]] = {
     "train": ("astronaut", "rocket", "camera", "coins", "immunohistochemistry", "hubble_deep_field",
-              "grass", "gravel", "brick"),
+              "grass", "gravel", "brick", "retina", "clock", "grace_hopper"),
     "val": ("moon", "page"),
     "test": ("chelsea", "coffee", "motorcycle"),
 }
@@ -79,7 +79,8 @@ class SyntheticSequence:
 
 @lru_cache(maxsize=None)
 def _source(name: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(float32 RGB [H, W, 3] in [0, 1], depth [H, W] in [0, 1] or None)`` of a bundled photograph."""
+    """``(float32 RGB [H, W, 3] in [0, 1], depth [H, W] in [0, 1] or None)`` of a photograph bundled
+    in a wheel (scikit-image's data, matplotlib's sample photograph)."""
     import skimage.data
 
     if name == "motorcycle":
@@ -89,7 +90,14 @@ def _source(name: str) -> tuple[np.ndarray, np.ndarray | None]:
         lo, hi = np.nanmin(depth), np.nanmax(depth)
         depth = np.nan_to_num((depth - lo) / max(hi - lo, 1e-12), nan=1.0)  # holes: far
         return left.astype(np.float32) / 255.0, depth.astype(np.float32)
-    pixels = getattr(skimage.data, name)()
+    if name == "grace_hopper":  # matplotlib's sample photograph (in its wheel)
+        from matplotlib.cbook import get_sample_data
+        from PIL import Image
+
+        with Image.open(get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
+            pixels = np.asarray(im.convert("RGB"))
+    else:
+        pixels = getattr(skimage.data, name)()
     if pixels.ndim == 2:
         pixels = np.repeat(pixels[:, :, None], 3, axis=2)
     return pixels[:, :, :3].astype(np.float32) / 255.0, None
