@@ -107,3 +107,29 @@ def test_uint8_and_float_frames_track_alike():
     mixed = task.predict([rgb[0], *(rgb[1:].astype(np.float32) / 255)], [9.5, 11, 13, 8])
     np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-4)
     np.testing.assert_allclose(mixed["boxes"], b["boxes"], atol=1e-4)
+
+
+@pytest.mark.parametrize("update, every, distinct", [(None, 10, 1), (0.999, 1, 1), (1e-6, 2, 3), (1e-6, 1, 5)])
+def test_template_update(update, every, distinct):
+    """Confident frames replace the template at most every ``template_update_every`` frames; a
+    threshold no frame reaches (a random model's confidence is about 0.01) keeps the first one."""
+    task = TrackingTask(preprocess={**PRE, "modality": None}, dim=16, depth=2, num_heads=2, hidden_dim=16,
+                        num_experts=2, slots=1, template_update=update, template_update_every=every)
+    seen = []
+    forward = task.model.forward
+
+    def spy(template, search, *rest):
+        seen.append(template.clone())
+        return forward(template, search, *rest)
+
+    task.model.forward = spy
+    rgb, _ = frames(6)
+    task.predict(rgb, [10, 12, 14, 9])
+    assert len(seen) == 5
+    assert len({t.numpy().tobytes() for t in seen}) == distinct
+
+
+@pytest.mark.parametrize("kwargs", [{"template_update": 1.0}, {"template_update": 0.0}, {"template_update_every": 0}])
+def test_template_update_checks(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        TrackingTask(preprocess={**PRE, "modality": None}, **kwargs)

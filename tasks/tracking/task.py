@@ -39,6 +39,10 @@ class TrackingTask(BaseMoETask):
         x_dropout: probability of training a batch without X.
         lost_threshold: below this confidence the next search stays centred on the last
             confident box (the target may be hidden).
+        template_update: None (off) or a confidence in (0, 1): a frame tracked at least this
+            confidently, ``template_update_every`` or more frames after the last update, gives the
+            new template (its crop around the predicted box); the first frame's template otherwise.
+        template_update_every: fewest frames between two template updates.
         aux_loss_weight: weight of the MoE auxiliary losses. log_routing: log routing stats.
     """
 
@@ -49,7 +53,7 @@ class TrackingTask(BaseMoETask):
     def __init__(self, preprocess: TrackingPreprocess | None = None, patch_size: int = 8, dim: int = 128,
                  depth: int = 4, num_heads: int = 4, hidden_dim: int = 256, num_experts: int = 4, top_k: int = 1,
                  slots: int = 4, moe: bool = True, x_dropout: float = 0.1, lost_threshold: float = 0.2,
-                 aux_loss_weight: float = 1.0, log_routing: bool = True) -> None:
+                 template_update: float | None = None, template_update_every: int = 10, aux_loss_weight: float = 1.0, log_routing: bool = True) -> None:
         for name, value in (("patch_size", patch_size), ("dim", dim), ("depth", depth), ("num_heads", num_heads),
                             ("hidden_dim", hidden_dim), ("num_experts", num_experts), ("top_k", top_k),
                             ("slots", slots)):
@@ -59,6 +63,9 @@ class TrackingTask(BaseMoETask):
             raise ValueError(f"x_dropout: expected a probability in [0, 1], got {x_dropout!r}")
         if not 0 <= check_number("lost_threshold", lost_threshold) < 1:
             raise ValueError(f"lost_threshold: expected a value in [0, 1), got {lost_threshold!r}")
+        if template_update is not None and not 0 < check_number("template_update", template_update) < 1:
+            raise ValueError(f"template_update: expected None or a confidence in (0, 1), got {template_update!r}")
+        check_positive_int("template_update_every", template_update_every)
         super().__init__(aux_loss_weight=aux_loss_weight, log_routing=log_routing)
 
     def configure_models(self) -> None:
@@ -117,9 +124,14 @@ class TrackingTask(BaseMoETask):
             a = a[:, :, None] if a.ndim == 2 else a
             return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None].to(device, dtype)
 
-        template = tensor(crop_around(frame(0), box, pre.template_factor, pre.template_size)[0])
-        template_x = tensor(crop_around(xs[0], box, pre.template_factor, pre.template_size)[0]) \
-            if xs is not None else None
+        def templates(t: int, b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+            rgb = tensor(crop_around(frame(t), b, pre.template_factor, pre.template_size)[0])
+            xt = tensor(crop_around(xs[t], b, pre.template_factor, pre.template_size)[0]) if xs is not None else None
+            return rgb, xt
+
+        template, template_x = templates(0, box)
+        update = self.hparams.get("template_update")  # checkpoints saved before the option: off
+        every, last_update = int(self.hparams.get("template_update_every", 10)), 0
         boxes, conf = [box.copy()], [1.0]
         centre_box = box.copy()  # where the next search is centred
         for t in range(1, len(frames)):
@@ -137,6 +149,9 @@ class TrackingTask(BaseMoETask):
             conf.append(float(c[0]))
             if conf[-1] >= self.hparams.lost_threshold:
                 centre_box = b
+            if update is not None and conf[-1] >= update and t - last_update >= every:
+                template, template_x = templates(t, b)
+                last_update = t
         return {"boxes": torch.tensor(np.stack(boxes)), "confidence": torch.tensor(conf, dtype=torch.float64)}
 
     def _sequence_step(self, split: str, batch: dict[str, Any]) -> None:
