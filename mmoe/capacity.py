@@ -23,6 +23,12 @@ flows to the others. Because ``v_t`` lies in ``[1, 2]``, a modality's share is a
 its share of the demand: its kept fraction at an expert is at least half of the expert's
 overall kept fraction ``C / D_e`` (up to one slot of rounding). The lowest-value pairs of each
 modality are dropped first.
+
+MACS with output value (``capacity_mode="macs_output"``, a study of the value rule): the same
+sharing, with the pair value ``u = gate x ||expert output||`` (what the pair would add to the
+residual stream) and ``v = 1 + u / max(u)`` in ``[1, 2]`` as the weight in the loads. It needs
+every routed pair's expert output before deciding what to drop, so it costs the dropless expert
+compute: it measures whether a better value estimate helps, it does not save compute.
 """
 
 from __future__ import annotations
@@ -49,6 +55,22 @@ def token_value(token_probs: torch.Tensor) -> torch.Tensor:
     return 2.0 - entropy / math.log(E)
 
 
+def pair_output_value(x: torch.Tensor, pair_token: torch.Tensor, pair_expert: torch.Tensor,
+                      pair_weight: torch.Tensor, experts: torch.nn.Module) -> torch.Tensor:
+    """``gate x ||expert output||`` per pair for ``x [T, dim]`` and :class:`mmoe.experts.Experts`
+    (pairs with expert index ``>= E`` get 0); computes every routed pair."""
+    from mmoe.kernels.reference import activate
+
+    out = torch.zeros(pair_expert.shape[0], device=x.device, dtype=torch.float32)
+    with torch.no_grad():
+        for e in range(experts.num_experts):
+            sel = (pair_expert == e).nonzero().flatten()
+            if sel.numel():
+                h = activate(x[pair_token[sel]] @ experts.w_in[e].to(x.dtype), experts.activation)
+                out[sel] = (h @ experts.w_out[e].to(x.dtype)).float().norm(dim=-1)
+    return out * pair_weight.detach().float()
+
+
 def macs_priority(
     pair_token: torch.Tensor,
     pair_expert: torch.Tensor,
@@ -57,12 +79,20 @@ def macs_priority(
     token_probs: torch.Tensor,
     num_experts: int,
     num_modalities: int,
+    pair_value: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Priority per pair implementing MACS (see the module docstring). All on device."""
+    """Priority per pair implementing MACS (see the module docstring). All on device.
+
+    ``pair_value``: None for the entropy token value; else a non-negative value per pair
+    (:func:`pair_output_value`) used as ``u``, with ``v = 1 + u / max(u)``."""
     E, M = num_experts, num_modalities
     P = pair_expert.numel()
-    v = token_value(token_probs)[pair_token]  # [P]
-    u = v * pair_weight.detach().float()
+    if pair_value is None:
+        v = token_value(token_probs)[pair_token]  # [P]
+        u = v * pair_weight.detach().float()
+    else:
+        u = pair_value.float()
+        v = 1.0 + u / u.max().clamp_min(1e-12) if P else u
     group = pair_expert.long() * M + modality[pair_token].long()  # expert E (pruned) -> own groups
     load = torch.zeros((E + 1) * M, device=v.device).index_add_(0, group, v)
     by_value = torch.sort(u, descending=True, stable=True).indices

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmoe.capacity import expert_capacity, macs_priority
+from mmoe.capacity import expert_capacity, macs_priority, pair_output_value
 from mmoe.experts import ACTIVATIONS, Experts
 from mmoe.kernels import BACKENDS, backend_ops
 from mmoe.kernels.reference import expert_counts
@@ -16,7 +16,7 @@ from mmoe.routers import ExpertChoiceRouter, Routing, SoftRouter, build_router
 from mmoe.stats import RoutingStats
 from mmoe.validation import check_choice, check_ids, check_number, check_positive_int, check_tensor
 
-CAPACITY_MODES = ("macs", "static")
+CAPACITY_MODES = ("macs", "static", "macs_output")
 
 
 class MoELayer(nn.Module):
@@ -36,7 +36,9 @@ class MoELayer(nn.Module):
             ``C = ceil(cf * k * T / E)`` pairs, overflow is dropped (zero from that expert,
             the residual carries the token) and counted in ``stats``.
         capacity_mode: ``"macs"`` shares capacity among modalities when ``modality`` is given
-            (see :mod:`mmoe.capacity`); ``"static"`` drops the lowest gate weights regardless.
+            (see :mod:`mmoe.capacity`); ``"static"`` drops the lowest gate weights regardless;
+            ``"macs_output"`` is MACS valuing pairs by gate x expert-output norm (a study: it
+            computes every routed pair first).
         num_modalities: number of modality ids accepted in ``forward``.
         num_shared_experts: experts applied to every token, beside the routed ones.
         activation: ``"swiglu"`` or ``"gelu"``.
@@ -159,9 +161,11 @@ class MoELayer(nn.Module):
         r = self.router(xt, sample, num_samples, ops, capacity)
         dispatch_capacity = None if expert_choice else capacity
         priority = r.priority
-        if dispatch_capacity is not None and mod is not None and self.capacity_mode == "macs":
+        if dispatch_capacity is not None and mod is not None and self.capacity_mode in ("macs", "macs_output"):
+            value = (pair_output_value(xt, r.pair_token, r.pair_expert, r.pair_weight, self.experts)
+                     if self.capacity_mode == "macs_output" else None)
             priority = macs_priority(r.pair_token, r.pair_expert, r.pair_weight, mod, r.token_probs,
-                                     E, self.num_modalities)
+                                     E, self.num_modalities, value)
         d = ops.dispatch_metadata(r.pair_expert, priority, E, dispatch_capacity)
         y = ops.expert_mlp(
             xt,

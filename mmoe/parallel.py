@@ -303,6 +303,9 @@ def sparse_forward(layer: MoELayer, xt: torch.Tensor, num_samples: int, mod: tor
         keep = valid
     else:
         # gather the routing decision and run the single-process dispatch on it
+        if mod is not None and layer.capacity_mode == "macs_output":
+            raise ValueError("capacity_mode: 'macs_output' (a single-process study of the value rule) is not "
+                             "supported with expert parallelism; use 'macs' or 'static'")
         macs = mod is not None and layer.capacity_mode == "macs"
         cols = [r.pair_expert.double(), r.priority.double()]
         if macs:

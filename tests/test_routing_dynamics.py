@@ -136,3 +136,54 @@ def test_macs_without_contention_equals_static() -> None:
     a(x, mod), b(x, mod)
     assert a.stats.tokens_per_expert.tolist() == b.stats.tokens_per_expert.tolist()
     assert int(a.stats.dropped) == int(b.stats.dropped)
+
+
+def test_pair_output_value_matches_every_expert_applied() -> None:
+    from mmoe.capacity import pair_output_value
+    from mmoe.kernels.reference import activate
+
+    torch.manual_seed(5)
+    for activation in ("swiglu", "gelu"):
+        layer = MoELayer(12, 10, 5, 2, activation=activation)
+        x = torch.randn(37, 12)
+        token = torch.randint(0, 37, (61,))
+        expert = torch.randint(0, 6, (61,))  # index 5 == E: a pruned pair, value 0
+        gate = torch.rand(61)
+        got = pair_output_value(x, token, expert, gate, layer.experts)
+        w_in, w_out = layer.experts.w_in.detach(), layer.experts.w_out.detach()
+        every = torch.einsum("teh,ehd->ted", activate(torch.einsum("td,edh->teh", x, w_in), activation), w_out)
+        ref = torch.stack([every[t, e].norm() * g if e < 5 else torch.tensor(0.0)
+                           for t, e, g in zip(token.tolist(), expert.tolist(), gate)])
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    empty = pair_output_value(x, token[:0], expert[:0], gate[:0], layer.experts)
+    assert empty.shape == (0,)
+
+
+def test_macs_output_keeps_the_largest_contributions_and_the_bound(monkeypatch) -> None:
+    """One modality: each expert keeps its pairs of largest gate x output norm. Two modalities with
+    a 90/10 mix: the minority keeps at least half the overall kept fraction, as with MACS."""
+    import mmoe.moe_layer as moe_layer
+
+    seen = {}
+    original = moe_layer.pair_output_value
+
+    def spy(x, pair_token, pair_expert, pair_weight, experts):
+        seen["expert"], seen["value"] = pair_expert.clone(), original(x, pair_token, pair_expert, pair_weight, experts)
+        return seen["value"]
+
+    monkeypatch.setattr(moe_layer, "pair_output_value", spy)
+    torch.manual_seed(6)
+    layer = MoELayer(16, 16, 4, 2, capacity_factor=0.6, num_modalities=2, capacity_mode="macs_output")
+    with torch.no_grad():
+        layer(torch.randn(200, 16), torch.zeros(200, dtype=torch.long))
+    kept = layer.last_assignment[1] < 4
+    assert int((~kept).sum()) > 0  # capacity binds
+    for e in range(4):
+        at = seen["expert"] == e
+        if bool((at & ~kept).any()):
+            assert float(seen["value"][at & kept].min()) >= float(seen["value"][at & ~kept].max())
+    for seed in range(3):
+        m, xs, ms = minority_setup("macs_output", seed)
+        majority, minority, overall = drop_rates(m, xs, ms)
+        assert overall > 0.3
+        assert 1 - minority >= 0.5 * (1 - overall) - 0.02, (minority, overall)
