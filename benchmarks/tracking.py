@@ -454,7 +454,7 @@ def run_macs(args: argparse.Namespace) -> None:
 
     from mmoe.tasks.tracking.model import MODALITIES
 
-    out = Path(args.run_dir) / "macs.json"
+    out = Path(args.out) if args.out else Path(args.run_dir) / "macs.json"
     name = args.macs_config
     if args.macs_model:
         cfg = yaml.safe_load(config_path(name, Path(args.config_dir)).read_text())
@@ -597,6 +597,8 @@ def main() -> None:
     parser.add_argument("--macs_config", default="rgbd_moe", help="--macs: the config whose run and test data to use")
     parser.add_argument("--factors", nargs="+", type=float, default=FACTORS, help="--macs: capacity factors")
     parser.add_argument("--retention", type=float, default=0.99, help="--macs: AUC retention that counts as kept")
+    parser.add_argument("--out", default=None,
+                        help="where to write the results (default <run_dir>/results.json; --macs: <run_dir>/macs.json)")
     parser.add_argument("--config_dir", default=str(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.macs:
@@ -604,10 +606,10 @@ def main() -> None:
         return
     import mmoe
 
-    out = Path(args.run_dir) / "results.json"
+    out = Path(args.out) if args.out else Path(args.run_dir) / "results.json"
     previous: dict = {}
     if args.skip_train:
-        src = Path(args.results) if args.results else out
+        src = Path(args.results) if args.results else Path(args.run_dir) / "results.json"
         if src.is_file():
             previous = json.loads(src.read_text())["configs"]
         elif args.results:
