@@ -107,3 +107,17 @@ def test_real_layout_through_the_datamodule(tmp_path):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrackingDataModule(**kwargs)
+
+
+def test_setup_builds_only_what_the_stage_needs():
+    dm = TrackingDataModule(**SMALL)
+    dm.setup("test")
+    assert dm.train_dataset is None and dm.val_dataset is None and len(dm.test_dataset) == 2
+    first = dm.test_dataset[0]["frames"]
+    dm.setup("fit")
+    assert len(dm.val_dataset) == 2 and len(dm.train_dataset) == 8
+    assert torch.equal(dm.test_dataset[0]["frames"], first)  # not rebuilt
+    whole = TrackingDataModule(**SMALL)
+    whole.setup()
+    assert torch.equal(whole.test_dataset[0]["frames"], first)
+    assert torch.equal(whole.train_dataset[(0, 1)]["search"], dm.train_dataset[(0, 1)]["search"])

@@ -318,28 +318,37 @@ class TrackingDataModule(LightningDataModule):
                               disable=count < 10)]
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_dataset is not None:
-            return
+        """Render or read what ``stage`` needs ("fit": train and val, "validate": val, "test" and
+        "predict": test, None: all), once."""
         hp = self.hparams
+        need_train = stage in (None, "fit") and self.train_dataset is None
+        need_val = stage in (None, "fit", "validate") and self.val_dataset is None
+        need_test = stage in (None, "test", "predict") and self.test_dataset is None
         if hp.dataset == "synthetic":
-            train = self._synthetic("train", hp.train_sequences, hp.seed)
-            val = self._synthetic("val", hp.val_sequences, VAL_SEED)
-            test = self._synthetic("test", hp.test_sequences, TEST_SEED)
-        else:
+            if need_train:
+                self.train_dataset = self._pairs(self._synthetic("train", hp.train_sequences, hp.seed))
+            if need_val:
+                self.val_dataset = SequenceDataset(self._synthetic("val", hp.val_sequences, VAL_SEED), hp.use_x)
+        elif need_train or need_val:
             train = _read_real(hp.dataset, hp.root, "train")
             if len(train) <= hp.val_sequences:
                 raise ValueError(f"val_sequences: {len(train)} training sequences under root; holding out "
                                  f"{hp.val_sequences} for validation would leave none for training")
             train, val = train[:-hp.val_sequences], train[-hp.val_sequences:]
-            test = _read_real(hp.dataset, hp.root if hp.dataset == "visevent" else hp.test_root, "test")
-        self.train_dataset = PairDataset(train, hp.samples_per_epoch, hp.seed, hp.use_x, hp.template_size,
-                                         hp.search_size, hp.template_factor, hp.search_factor, hp.max_gap,
-                                         hp.centre_jitter, hp.scale_jitter)
-        self.val_dataset = SequenceDataset(val, hp.use_x)
-        self.test_dataset = SequenceDataset(test, hp.use_x)
+            self.train_dataset = self.train_dataset or self._pairs(train)
+            self.val_dataset = self.val_dataset or SequenceDataset(val, hp.use_x)
+        if need_test:
+            test = (self._synthetic("test", hp.test_sequences, TEST_SEED) if hp.dataset == "synthetic" else
+                    _read_real(hp.dataset, hp.root if hp.dataset == "visevent" else hp.test_root, "test"))
+            self.test_dataset = SequenceDataset(test, hp.use_x)
+
+    def _pairs(self, sequences: list[TrackSequence]) -> PairDataset:
+        hp = self.hparams
+        return PairDataset(sequences, hp.samples_per_epoch, hp.seed, hp.use_x, hp.template_size, hp.search_size,
+                           hp.template_factor, hp.search_factor, hp.max_gap, hp.centre_jitter, hp.scale_jitter)
 
     def train_dataloader(self) -> DataLoader:
-        self.setup()
+        self.setup("fit")
         w = self.hparams.num_workers
         return DataLoader(self.train_dataset, batch_size=self.hparams.batch_size,
                           sampler=EpochSampler(len(self.train_dataset)), num_workers=w, persistent_workers=w > 0)
@@ -348,11 +357,11 @@ class TrackingDataModule(LightningDataModule):
         return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
-        self.setup()
+        self.setup("validate")
         return self._sequences(self.val_dataset)
 
     def test_dataloader(self) -> DataLoader:
-        self.setup()
+        self.setup("test")
         return self._sequences(self.test_dataset)
 
     def predict_dataloader(self) -> DataLoader:
