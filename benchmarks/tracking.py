@@ -37,8 +37,9 @@ init + update over the same sequence (BGR uint8), median of 3 after a warm-up.
 
 ``--macs``: the capacity comparison on one trained tracker (``--macs_model`` or the rgbd_moe
 checkpoint of ``--run_dir``): the test split tracked with every token-level MoE layer at
-``capacity_factor = cf`` (soft-MoE layers have no capacity), static and MACS, for each cf of
-``--factors``, and dropless. Per setting: AUC and its retention vs dropless, the busiest expert's
+``capacity_factor = cf`` (soft-MoE layers have no capacity), static, MACS (token value from the
+router's entropy) and ``macs_output`` (MACS with a pair valued by gate x expert-output norm, the
+issue's alternative rule), for each cf of ``--factors``, and dropless. Per setting: AUC and its retention vs dropless, the busiest expert's
 routed pairs over the mean (per token-level layer and frame, averaged), the share of pairs dropped
 per modality (z_rgb, z_x, s_rgb, s_x), and the smallest cf keeping >= ``--retention`` of the dropless
 AUC per mode (it and every larger cf in the grid), with the static/MACS ratio.
@@ -309,13 +310,15 @@ def model_speed(model, frames: list[np.ndarray], box: np.ndarray, x: list[np.nda
 
 # ------------------------------------------------------------------------------------------ peers
 def opencv_distribution() -> str:
+    """The installed OpenCV wheels (several may share the one cv2 module)."""
+    found = []
     for dist in ("opencv-python-headless", "opencv-contrib-python-headless", "opencv-python",
                  "opencv-contrib-python"):
         try:
-            return f"{dist} {importlib.metadata.version(dist)}"
+            found.append(f"{dist} {importlib.metadata.version(dist)}")
         except importlib.metadata.PackageNotFoundError:
             continue
-    return "opencv (unknown distribution)"
+    return " + ".join(found) or "opencv (unknown distribution)"
 
 
 def contrib_command() -> str:
@@ -482,7 +485,7 @@ def run_macs(args: argparse.Namespace) -> None:
     macs_setting(model, items[:1], modalities)  # warm-up, untimed
     rows: dict[tuple[str, float | None], dict] = {("dropless", None): macs_setting(model, items, modalities)}
     for cf in factors:
-        for mode in ("static", "macs"):
+        for mode in ("static", "macs", "macs_output"):  # macs_output: the output-norm value rule (a study)
             set_capacity(model, cf, mode)  # soft-MoE layers ignore it: they have no capacity
             rows[(mode, cf)] = macs_setting(model, items, modalities)
     set_capacity(model, None, "macs")
@@ -491,6 +494,7 @@ def run_macs(args: argparse.Namespace) -> None:
     # macs.smallest_retaining reads "weighted_f1": the same rule on the AUC
     view = {k: {"weighted_f1": r["success_auc"] if r["success_auc"] is not None else -1.0} for k, r in rows.items()}
     s_cf, m_cf = smallest_retaining(view, "static", floor), smallest_retaining(view, "macs", floor)
+    o_cf = smallest_retaining(view, "macs_output", floor)
     ratio = (s_cf / m_cf) if (s_cf and m_cf) else None
     frames = sum(len(it["boxes"]) for it in items)
     print(f"\n# MACS vs static capacity, tracker {source['checkpoint']} ({name} data), test split "
@@ -504,11 +508,11 @@ def run_macs(args: argparse.Namespace) -> None:
         print(f"| {mode} | {'-' if cf is None else cf} | {_num(r['success_auc'])} | {ret} | {_num(r['rgb_fails_auc'])} | "
               f"{_num(r['precision_20'])} | {r['max_over_mean_load']:.2f} | {drops} | {r['fps']:.1f} |")
     print(f"\nsmallest cf keeping >= {args.retention:.0%} of dropless AUC ({floor:.4f}): static {s_cf}, MACS {m_cf}; "
-          f"static/MACS = {'n/a' if ratio is None else f'{ratio:.2f}'}")
+          f"static/MACS = {'n/a' if ratio is None else f'{ratio:.2f}'}; MACS with the output-norm value (macs_output) {o_cf}")
     payload = {"model": source["checkpoint"], "data": name, "smoke": args.smoke, "sequences": len(items),
                "frames": frames, "retention": args.retention,
                "rows": [{"mode": m, "cf": cf, **r} for (m, cf), r in rows.items()],
-               "smallest_cf": {"static": s_cf, "macs": m_cf}, "ratio": ratio,
+               "smallest_cf": {"static": s_cf, "macs": m_cf, "macs_output": o_cf}, "ratio": ratio,
                "threads": torch.get_num_threads()}
     _write_atomic(out, json.dumps(payload, indent=2).encode())
     print(f"results: {out}")

@@ -103,6 +103,21 @@ def test_peer_keeps_previous_box_on_failure() -> None:
     assert conf.tolist() == [1.0, 0.0, 0.0]
 
 
+def test_missing_contrib_trackers_are_skipped_with_the_install_command(monkeypatch) -> None:
+    bench = _bench()
+    real = bench.tracker_factory
+    monkeypatch.setattr(bench, "tracker_factory", lambda name: None if name in ("CSRT", "KCF") else real(name))
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (4, 48, 64, 3), dtype=np.uint8)
+    item = {"frames": torch.from_numpy(frames), "boxes": torch.tensor([[20.0, 15, 16, 12]] * 4, dtype=torch.float64),
+            "present": torch.ones(4, dtype=torch.bool)}
+    out = bench.run_peers([item], rgbd=True, speed_frames=list(frames), speed_box=item["boxes"][0].numpy(), runs=1)
+    assert list(out["trackers"]) == ["MIL"] and out["missing"] == ["CSRT", "KCF"]
+    assert "pip install opencv-contrib-python-headless==" in out["message"] and "Skipped." in out["message"]
+    t = out["trackers"]["MIL"]["test"]
+    assert 0 <= t["success_auc"] <= 1 and 0 <= t["rgbd"]["f_score"] <= 1 and out["trackers"]["MIL"]["speed"]["fps"] > 0
+
+
 def _run(*args: str, tmp: Path) -> str:
     r = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--run_dir", str(tmp), *args], cwd=ROOT,
                        capture_output=True, text=True, timeout=600,
@@ -166,15 +181,17 @@ def test_tracking_benchmark_smoke(tmp_path: Path) -> None:
     # --macs on the smoke rgbd_moe checkpoint just trained: dropless, then static and MACS per factor
     out = _run("--macs", tmp=tmp_path)
     macs = json.loads((tmp_path / "macs.json").read_text())
-    assert [(r["mode"], r["cf"]) for r in macs["rows"]] == [("dropless", None), ("static", 1.0), ("macs", 1.0),
-                                                           ("static", 0.5), ("macs", 0.5)]
+    modes = ("static", "macs", "macs_output")
+    assert [(r["mode"], r["cf"]) for r in macs["rows"]] == [("dropless", None)] + [(m, cf) for cf in (1.0, 0.5)
+                                                                                    for m in modes]
     for r in macs["rows"]:
         assert 0 <= r["success_auc"] <= 1 and r["max_over_mean_load"] >= 1 and r["fps"] > 0, r
         assert r["dropped_z_rgb"] is not None and 0 <= r["dropped_s_x"] <= 1, r
     assert all(r["dropped_z_rgb"] == 0 and r["dropped_s_rgb"] == 0 for r in macs["rows"][:1])  # dropless
     # cf 0.5, top-1, 4 experts: each expert keeps ceil(0.5 T / 4) of the T = 640 pairs of a frame
-    # (64 + 256 tokens per modality), so at least 0.5 - 4 / 640 of all pairs are dropped
-    for r in macs["rows"][3:]:
+    # (64 + 256 tokens per modality), so at least 0.5 - 4 / 640 of all pairs are dropped, in every mode
+    for r in (r for r in macs["rows"] if r["cf"] == 0.5):
         assert r["dropped_all"] >= 0.5 - 4 / 640 - 1e-9, r
+    assert set(macs["smallest_cf"]) == set(modes)
     assert "smallest cf keeping >= 99% of dropless AUC" in out
-    assert len([ln for ln in out.splitlines() if re.match(r"\| (dropless|static|macs) \|", ln)]) == 5
+    assert len([ln for ln in out.splitlines() if re.match(r"\| (dropless|static|macs|macs_output) \|", ln)]) == 7
