@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from recipe_overrides import overrides  # benchmarks/ is on sys.path when a script runs
+import run_folder  # benchmarks/ is on sys.path when a script runs
+from recipe_overrides import overrides
 
 # albumentations (training crops) asks PyPI for a newer version on import unless this is set
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -117,28 +118,9 @@ def train(name: str, config: Path, args: argparse.Namespace) -> dict:
 
 
 def discover(name: str, run_dir: str) -> dict:
-    """A run of ``name`` trained outside this script (``mmoe fit ... --run_dir RUN_DIR --run_name NAME``):
-    the newest ``RUN_DIR/NAME/version_*`` with a checkpoint, its saved config.yaml and checkpoint step;
-    the training time is the time between the config (written at the start) and last.ckpt."""
-    from mmoe.loading import torch_load_weights_only
-
-    folders = sorted((Path(run_dir) / name).glob("version_*"), key=lambda p: int(p.name.split("_")[-1]))
-    for folder in reversed(folders):
-        best, last = folder / "checkpoints" / "best.ckpt", folder / "checkpoints" / "last.ckpt"
-        ckpt = best if best.is_file() else last
-        if not ckpt.is_file() or not (folder / "config.yaml").is_file():
-            continue
-        cfg = yaml.safe_load((folder / "config.yaml").read_text())
-        final = last if last.is_file() else ckpt
-        steps = torch_load_weights_only(final, str(final)).get("global_step")
-        return {"config": f"{folder / 'config.yaml'}", "seed": cfg.get("seed_everything"), "smoke": False,
-                "train_seconds": round(final.stat().st_mtime - (folder / "config.yaml").stat().st_mtime, 1),
-                "train_seconds_source": "file times", "steps": steps,
-                "planned_steps": (cfg.get("trainer") or {}).get("max_steps"), "checkpoint": str(ckpt),
-                "checkpoint_kind": "best" if ckpt == best else "last",
-                "model_args": cfg["model"].get("init_args") or {}, "data_args": cfg["data"].get("init_args") or {},
-                "run_kind": "run_folder", "incomplete": (folder / "INCOMPLETE.json").is_file()}
-    raise SystemExit(f"--skip_train: {name!r} is neither in the results file nor a run under {run_dir}/{name}")
+    """A run of ``name`` trained outside this script (``mmoe fit ... --run_dir RUN_DIR --run_name NAME``);
+    see :func:`run_folder.discover`."""
+    return run_folder.discover([name], run_dir)
 
 
 # ----------------------------------------------------------------------------------- evaluation

@@ -63,7 +63,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import yaml
-from recipe_overrides import overrides  # benchmarks/ is on sys.path when a script runs
+import run_folder  # benchmarks/ is on sys.path when a script runs
+from recipe_overrides import overrides
 
 # albumentations (training crops) asks PyPI for a newer version on import unless this is set
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -141,33 +142,12 @@ def train(name: str, config: Path, args: argparse.Namespace) -> dict:
 
 def discover(name: str, run_dir: str) -> dict:
     """A run of ``name`` trained outside this script (``mmoe fit ... --run_dir RUN_DIR --run_name NAME``,
-    or without ``--run_name``: the config's own run_name, e.g. ``tracking_rgbd_moe``): the newest
-    ``RUN_DIR/NAME/version_*`` with a checkpoint, its saved config.yaml and checkpoint step; the
-    training time is the time between the config (written at the start) and last.ckpt."""
-    from mmoe.loading import torch_load_weights_only
-
+    or without ``--run_name``: the config's own run_name, e.g. ``tracking_rgbd_moe``); see
+    :func:`run_folder.discover`."""
     names = [name]
     if (CONFIGS / f"{name}.yaml").is_file():
         names.append(yaml.safe_load((CONFIGS / f"{name}.yaml").read_text()).get("run_name") or name)
-    folders = []
-    for n in dict.fromkeys(names):
-        folders += sorted((Path(run_dir) / n).glob("version_*"), key=lambda p: int(p.name.split("_")[-1]))[::-1]
-    for folder in folders:
-        best, last = folder / "checkpoints" / "best.ckpt", folder / "checkpoints" / "last.ckpt"
-        ckpt = best if best.is_file() else last
-        if not ckpt.is_file() or not (folder / "config.yaml").is_file():
-            continue
-        cfg = yaml.safe_load((folder / "config.yaml").read_text())
-        final = last if last.is_file() else ckpt
-        steps = torch_load_weights_only(final, str(final)).get("global_step")
-        return {"config": f"{folder / 'config.yaml'}", "seed": cfg.get("seed_everything"), "smoke": False,
-                "train_seconds": round(final.stat().st_mtime - (folder / "config.yaml").stat().st_mtime, 1),
-                "train_seconds_source": "file times", "steps": steps,
-                "planned_steps": (cfg.get("trainer") or {}).get("max_steps"), "checkpoint": str(ckpt),
-                "checkpoint_kind": "best" if ckpt == best else "last",
-                "model_args": cfg["model"].get("init_args") or {}, "data_args": cfg["data"].get("init_args") or {},
-                "run_kind": "run_folder", "incomplete": (folder / "INCOMPLETE.json").is_file()}
-    raise SystemExit(f"--skip_train: {name!r} is neither in the results file nor a run under {run_dir}/{name}")
+    return run_folder.discover(names, run_dir)
 
 
 # ----------------------------------------------------------------------------------- evaluation
