@@ -41,9 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
-import run_folder  # benchmarks/ is on sys.path when a script runs
-from recipe_overrides import overrides
+import recipe_runs  # benchmarks/ is on sys.path when a script runs
 
 # albumentations (training crops) asks PyPI for a newer version on import unless this is set
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -77,50 +75,17 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 # ------------------------------------------------------------------------------------- training
-def config_path(name: str, config_dir: Path) -> Path:
-    path = config_dir / f"{name}.yaml"
-    if not path.is_file():
-        raise SystemExit(f"--configs: no config {path}")
-    return path
+config_path = recipe_runs.config_path
 
 
 def train(name: str, config: Path, args: argparse.Namespace) -> dict:
-    from mmoe.cli import cli_main
-
-    cfg = yaml.safe_load(config.read_text())
-    extra, model_args, data_args = overrides(cfg, args.max_steps, args.smoke, SMOKE_MODEL, SMOKE_DATA, SMOKE_STEPS)
-    if args.seed is not None:
-        extra += ["--seed_everything", str(args.seed)]
-    argv, sys.argv[1:] = sys.argv[1:], []  # LightningCLI warns when it sees both args and sys.argv
-    try:
-        start = time.perf_counter()
-        cli = cli_main(["fit", "--config", str(config), *extra, "--run_dir", args.run_dir, "--run_name", name,
-                        "--trainer.enable_progress_bar", "false"])
-        train_seconds = time.perf_counter() - start
-    finally:
-        sys.argv[1:] = argv
-    trainer = cli.trainer
-    best = trainer.checkpoint_callback.best_model_path
-    kind = "best"
-    if not best:  # no validation ran: the last weights
-        best, kind = trainer.checkpoint_callback.last_model_path, "last"
-    result = {"config": str(config.relative_to(ROOT)) if config.is_relative_to(ROOT) else str(config),
-              "seed": args.seed if args.seed is not None else cfg.get("seed_everything"),
-              "smoke": args.smoke, "train_seconds": round(train_seconds, 1), "steps": trainer.global_step,
-              "planned_steps": args.max_steps or (SMOKE_STEPS if args.smoke
-                                                  else (cfg.get("trainer") or {}).get("max_steps")),
-              "checkpoint": best, "checkpoint_kind": kind, "model_args": model_args, "data_args": data_args,
-              "threads": torch.get_num_threads(),
-              "run_kind": "smoke" if args.smoke else "trial" if args.max_steps else "recipe"}
-    del cli, trainer
-    gc.collect()
-    return result
+    return recipe_runs.train(name, config, args, SMOKE_MODEL, SMOKE_DATA, SMOKE_STEPS, ROOT)
 
 
 def discover(name: str, run_dir: str) -> dict:
     """A run of ``name`` trained outside this script (``mmoe fit ... --run_dir RUN_DIR --run_name NAME``);
-    see :func:`run_folder.discover`."""
-    return run_folder.discover([name], run_dir)
+    see :func:`recipe_runs.discover`."""
+    return recipe_runs.discover([name], run_dir)
 
 
 # ----------------------------------------------------------------------------------- evaluation

@@ -15,7 +15,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 import yaml
 from tracking import depth_data, evaluate, make_datamodule, test_items  # benchmarks/ is on sys.path
 
