@@ -72,3 +72,26 @@ def test_a_tiny_model_learns_a_fixed_batch():
     assert losses[-1] < 0.3 * losses[0], (losses[0], losses[-1])
     pred, _ = decode_boxes(model(z, s, zx, sx))
     assert (pred - box).abs().max() < 0.1
+
+
+def test_window_prefers_the_peak_near_the_centre():
+    """Two equal peaks: the window picks the one nearer the search centre (the previous position)
+    whichever comes first in memory, keeps the raw probability as confidence; window 0 is argmax."""
+    from mmoe.tasks.tracking.model import hann_window
+
+    g = 16
+    w = hann_window(g)
+    assert w.shape == (g, g) and (w > 0).all() and float(w.max()) == pytest.approx(1.0, abs=0.02)
+    torch.testing.assert_close(w, w.T)
+    torch.testing.assert_close(w, w.flip(0))
+    for near, far in (((8, 9), (1, 2)), ((7, 7), (14, 13))):
+        score = torch.full((1, g, g), -8.0)
+        score[0, near[0], near[1]] = score[0, far[0], far[1]] = 2.0
+        score[0, far[0], far[1]] += 0.05  # the far peak is slightly higher: plain argmax picks it
+        maps = {"score": score, "size": torch.full((1, 2, g, g), 0.1), "offset": torch.full((1, 2, g, g), 0.5)}
+        plain, _ = decode_boxes(maps)
+        windowed, conf = decode_boxes(maps, 0.3)
+        centre = lambda b: (float((b[0, 0] + b[0, 2] / 2) * g - 0.5), float((b[0, 1] + b[0, 3] / 2) * g - 0.5))
+        assert centre(plain) == pytest.approx((far[1], far[0]))
+        assert centre(windowed) == pytest.approx((near[1], near[0]))
+        assert float(conf[0]) == pytest.approx(float(torch.sigmoid(torch.tensor(2.0))))

@@ -129,7 +129,8 @@ def test_template_update(update, every, distinct):
     assert len({t.numpy().tobytes() for t in seen}) == distinct
 
 
-@pytest.mark.parametrize("kwargs", [{"template_update": 1.0}, {"template_update": 0.0}, {"template_update_every": 0}])
+@pytest.mark.parametrize("kwargs", [{"template_update": 1.0}, {"template_update": 0.0}, {"template_update_every": 0},
+                                    {"window": 1.0}, {"window": -0.1}])
 def test_template_update_checks(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         TrackingTask(preprocess={**PRE, "modality": None}, **kwargs)

@@ -130,17 +130,29 @@ class OneStreamMoETracker(nn.Module):
         return {"score": maps[:, 0], "size": torch.sigmoid(maps[:, 1:3]), "offset": torch.sigmoid(maps[:, 3:5])}
 
 
-def decode_boxes(maps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(boxes [B, 4] xywh / S, confidence [B])`` from the best-scoring cell of each map."""
+def hann_window(grid: int, device: torch.device | None = None) -> torch.Tensor:
+    """A ``[grid, grid]`` outer product of Hann windows, 1 at the centre, > 0 everywhere."""
+    w = torch.hann_window(grid + 2, periodic=False, device=device)[1:-1]
+    return w[:, None] * w[None, :] / w.max() ** 2
+
+
+def decode_boxes(maps: dict[str, torch.Tensor], window: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(boxes [B, 4] xywh / S, confidence [B])`` from the best-scoring cell of each map.
+
+    ``window`` in [0, 1]: the cell is chosen by ``p x ((1 - window) + window x hann)`` (``p`` the
+    score probability, ``hann`` :func:`hann_window`), a prior for small motion between frames
+    that Siamese and one-stream trackers apply at inference; the confidence stays ``p`` there."""
     score, size, offset = maps["score"], maps["size"], maps["offset"]
     B, g, _ = score.shape
-    best = score.flatten(1).argmax(1)
+    prob = torch.sigmoid(score.float())
+    ranked = prob * ((1 - window) + window * hann_window(g, score.device)) if window > 0 else prob
+    best = ranked.flatten(1).argmax(1)
     rows, cols = best // g, best % g
     idx = torch.arange(B, device=score.device)
     cx = (cols + offset[idx, 0, rows, cols]) / g
     cy = (rows + offset[idx, 1, rows, cols]) / g
     w, h = size[idx, 0, rows, cols], size[idx, 1, rows, cols]
-    conf = torch.sigmoid(score.flatten(1).max(1).values)
+    conf = prob[idx, rows, cols]
     return torch.stack([cx - w / 2, cy - h / 2, w, h], dim=1), conf
 
 

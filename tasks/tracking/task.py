@@ -43,6 +43,8 @@ class TrackingTask(BaseMoETask):
             confidently, ``template_update_every`` or more frames after the last update, gives the
             new template (its crop around the predicted box); the first frame's template otherwise.
         template_update_every: fewest frames between two template updates.
+        window: weight in [0, 1) of a Hann-window prior on the score map at inference (the cell
+            nearest the previous position wins ties; 0: off), see :func:`.model.decode_boxes`.
         aux_loss_weight: weight of the MoE auxiliary losses. log_routing: log routing stats.
     """
 
@@ -53,7 +55,8 @@ class TrackingTask(BaseMoETask):
     def __init__(self, preprocess: TrackingPreprocess | None = None, patch_size: int = 8, dim: int = 128,
                  depth: int = 4, num_heads: int = 4, hidden_dim: int = 256, num_experts: int = 4, top_k: int = 1,
                  slots: int = 4, moe: bool = True, x_dropout: float = 0.1, lost_threshold: float = 0.2,
-                 template_update: float | None = None, template_update_every: int = 10, aux_loss_weight: float = 1.0, log_routing: bool = True) -> None:
+                 template_update: float | None = None, template_update_every: int = 10, window: float = 0.0,
+                 aux_loss_weight: float = 1.0, log_routing: bool = True) -> None:
         for name, value in (("patch_size", patch_size), ("dim", dim), ("depth", depth), ("num_heads", num_heads),
                             ("hidden_dim", hidden_dim), ("num_experts", num_experts), ("top_k", top_k),
                             ("slots", slots)):
@@ -66,6 +69,8 @@ class TrackingTask(BaseMoETask):
         if template_update is not None and not 0 < check_number("template_update", template_update) < 1:
             raise ValueError(f"template_update: expected None or a confidence in (0, 1), got {template_update!r}")
         check_positive_int("template_update_every", template_update_every)
+        if not 0 <= check_number("window", window) < 1:
+            raise ValueError(f"window: expected a weight in [0, 1), got {window!r}")
         super().__init__(aux_loss_weight=aux_loss_weight, log_routing=log_routing)
 
     def configure_models(self) -> None:
@@ -132,6 +137,7 @@ class TrackingTask(BaseMoETask):
         template, template_x = templates(0, box)
         update = self.hparams.get("template_update")  # checkpoints saved before the option: off
         every, last_update = int(self.hparams.get("template_update_every", 10)), 0
+        window = float(self.hparams.get("window", 0.0))
         boxes, conf = [box.copy()], [1.0]
         centre_box = box.copy()  # where the next search is centred
         for t in range(1, len(frames)):
@@ -139,7 +145,7 @@ class TrackingTask(BaseMoETask):
             search_x = tensor(crop_around(xs[t], centre_box, pre.search_factor, pre.search_size)[0]) \
                 if xs is not None else None
             maps = self.model(template, tensor(search), template_x, search_x)
-            crop_box, c = decode_boxes(maps)
+            crop_box, c = decode_boxes(maps, window)
             b = tf.box_to_frame(crop_box[0].double().cpu().numpy() * pre.search_size)
             # keep the box inside the frame with at least one pixel of size
             w, h = np.clip(b[2], 1, W), np.clip(b[3], 1, H)
