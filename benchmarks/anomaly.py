@@ -30,10 +30,8 @@ the row into checkpoints/manifest.json is left to the maintainers.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from recipe_overrides import overrides  # benchmarks/ is on sys.path when a script runs
+import recipe_runs  # benchmarks/ is on sys.path when a script runs
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -56,27 +54,7 @@ RELEASE_NAME = "anomaly-mtl-mad"
 
 
 def train(name: str, args: argparse.Namespace) -> dict:
-    from mmoe.cli import cli_main
-
-    config = CONFIGS / f"{name}.yaml"
-    cfg = yaml.safe_load(config.read_text())
-    extra, model_args, data_args = overrides(cfg, args.max_steps, args.smoke, SMOKE_MODEL, SMOKE_DATA, SMOKE_STEPS)
-    argv, sys.argv[1:] = sys.argv[1:], []
-    try:
-        start = time.perf_counter()
-        cli = cli_main(["fit", "--config", str(config), *extra, "--run_dir", args.run_dir, "--run_name", name,
-                        "--trainer.enable_progress_bar", "false"])
-        seconds = time.perf_counter() - start
-    finally:
-        sys.argv[1:] = argv
-    ckpt = cli.trainer.checkpoint_callback.best_model_path or cli.trainer.checkpoint_callback.last_model_path
-    result = {"config": f"anomaly/{name}.yaml", "seed": cfg.get("seed_everything"), "train_seconds": round(seconds, 1),
-              "steps": cli.trainer.global_step, "checkpoint": ckpt, "model_args": model_args, "data_args": data_args,
-              "threads": torch.get_num_threads(), "run_kind": "smoke" if args.smoke else
-              "trial" if args.max_steps else "recipe"}
-    del cli
-    gc.collect()
-    return result
+    return recipe_runs.train(name, CONFIGS / f"{name}.yaml", args, SMOKE_MODEL, SMOKE_DATA, SMOKE_STEPS, ROOT)
 
 
 def discover(name: str, run_dir: str) -> dict:

@@ -14,6 +14,23 @@ import yaml
 from recipe_overrides import overrides  # benchmarks/ is on sys.path when a script runs
 
 
+def add_recipe_arguments(parser: argparse.ArgumentParser, task: str, default: list[str], config_dir: Path,
+                         smoke_help: str, results_help: str = "--skip_train") -> None:
+    """The options every recipe benchmark shares: which configs, steps, seed, run folder, smoke, re-evaluation."""
+    parser.add_argument("--configs", nargs="+", default=None, help=f"config names under configs/{task} "
+                        f"(default: {' '.join(default)}; with --skip_train: those in --results)")
+    parser.add_argument("--max_steps", type=int, default=None, help="override the recipes' steps (a trial)")
+    parser.add_argument("--seed", type=int, default=None, help="override the configs' seed_everything")
+    parser.add_argument("--run_dir", default=f"runs/bench_{task}")
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    parser.add_argument("--skip_train", action="store_true",
+                        help="re-evaluate the checkpoints of --results (configs not in it: the newest run "
+                             "<run_dir>/<name>/version_* of a plain `mmoe fit --run_dir RUN_DIR --run_name NAME`)")
+    parser.add_argument("--results", default=None,
+                        help=f"results.json of an earlier run ({results_help}; default <run_dir>/results.json)")
+    parser.add_argument("--config_dir", default=str(config_dir), help=argparse.SUPPRESS)
+
+
 def config_path(name: str, config_dir: Path) -> Path:
     path = config_dir / f"{name}.yaml"
     if not path.is_file():
@@ -29,8 +46,9 @@ def train(name: str, config: Path, args: argparse.Namespace, smoke_model: dict, 
 
     cfg = yaml.safe_load(config.read_text())
     extra, model_args, data_args = overrides(cfg, args.max_steps, args.smoke, smoke_model, smoke_data, smoke_steps)
-    if args.seed is not None:
-        extra += ["--seed_everything", str(args.seed)]
+    seed = getattr(args, "seed", None)  # a benchmark without --seed uses the config's
+    if seed is not None:
+        extra += ["--seed_everything", str(seed)]
     argv, sys.argv[1:] = sys.argv[1:], []  # LightningCLI warns when it sees both args and sys.argv
     try:
         start = time.perf_counter()
@@ -44,7 +62,7 @@ def train(name: str, config: Path, args: argparse.Namespace, smoke_model: dict, 
     if not best:  # no validation ran: the last weights
         best, kind = trainer.checkpoint_callback.last_model_path, "last"
     result = {"config": str(config.relative_to(root)) if config.is_relative_to(root) else str(config),
-              "seed": args.seed if args.seed is not None else cfg.get("seed_everything"),
+              "seed": seed if seed is not None else cfg.get("seed_everything"),
               "smoke": args.smoke, "train_seconds": round(train_seconds, 1), "steps": trainer.global_step,
               "planned_steps": args.max_steps or (smoke_steps if args.smoke
                                                   else (cfg.get("trainer") or {}).get("max_steps")),

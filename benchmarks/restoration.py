@@ -483,19 +483,9 @@ def _peer_label(peer: str, p: dict) -> str:
 # ------------------------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=None, help=f"config names under configs/restoration "
-                        f"(default: {' '.join(DEFAULT)}; with --skip_train: those in --results)")
-    parser.add_argument("--max_steps", type=int, default=None, help="override the recipes' steps (a trial)")
-    parser.add_argument("--seed", type=int, default=None, help="override the configs' seed_everything")
-    parser.add_argument("--run_dir", default="runs/bench_restoration")
-    parser.add_argument("--smoke", action="store_true", help="tiny model/data, 4 steps, 96x96 test crops")
-    parser.add_argument("--skip_train", action="store_true",
-                        help="re-evaluate the checkpoints of --results (configs not in it: the newest run "
-                             "<run_dir>/<name>/version_* of a plain `mmoe fit --run_dir RUN_DIR --run_name NAME`)")
-    parser.add_argument("--results", default=None,
-                        help="results.json of an earlier run (--skip_train; default <run_dir>/results.json)")
+    recipe_runs.add_recipe_arguments(parser, "restoration", DEFAULT, CONFIGS,
+                                     smoke_help="tiny model/data, 4 steps, 96x96 test crops", results_help="--skip_train")
     parser.add_argument("--figure", default=None, help="also write the before/after figure here")
-    parser.add_argument("--config_dir", default=str(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--_memory_probe", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_memory_side", type=int, default=SPEED_SIDE, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -528,17 +528,8 @@ def _quality_cells(t: dict) -> str:
 # ------------------------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=None, help=f"config names under configs/tracking "
-                        f"(default: {' '.join(DEFAULT)}; with --skip_train: those in --results)")
-    parser.add_argument("--max_steps", type=int, default=None, help="override the recipes' steps (a trial)")
-    parser.add_argument("--seed", type=int, default=None, help="override the configs' seed_everything")
-    parser.add_argument("--run_dir", default="runs/bench_tracking")
-    parser.add_argument("--smoke", action="store_true", help="tiny model/data, 4 steps, 3 short test sequences")
-    parser.add_argument("--skip_train", action="store_true",
-                        help="re-evaluate the checkpoints of --results (configs not in it: the newest run "
-                             "<run_dir>/<name>/version_* of a plain `mmoe fit --run_dir RUN_DIR --run_name NAME`)")
-    parser.add_argument("--results", default=None,
-                        help="results.json of an earlier run (--skip_train, --macs; default <run_dir>/results.json)")
+    recipe_runs.add_recipe_arguments(parser, "tracking", DEFAULT, CONFIGS,
+                                     smoke_help="tiny model/data, 4 steps, 3 short test sequences", results_help="--skip_train, --macs")
     parser.add_argument("--no_peers", action="store_true", help="skip the OpenCV trackers")
     parser.add_argument("--macs", action="store_true",
                         help="the capacity comparison (dropless, static, MACS) instead of the quality benchmark")
@@ -549,7 +540,6 @@ def main() -> None:
     parser.add_argument("--retention", type=float, default=0.99, help="--macs: AUC retention that counts as kept")
     parser.add_argument("--out", default=None,
                         help="where to write the results (default <run_dir>/results.json; --macs: <run_dir>/macs.json)")
-    parser.add_argument("--config_dir", default=str(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.macs:
         run_macs(args)
