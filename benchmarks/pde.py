@@ -1,12 +1,19 @@
-"""Quality of the shipped PDE configs: train each recipe (its fixed steps), test, print a table.
+"""Quality of the shipped PDE configs and of an FNO peer: train, test, print one table.
 
-    python benchmarks/pde.py                                  # the four shipped recipes (~10 min each)
-    python benchmarks/pde.py --configs nested_moe_2d --max_steps 500     # a shorter trial, not a recipe
+    python benchmarks/pde.py                                  # the four shipped recipes (~10 min each) + FNO peers
+    python benchmarks/pde.py --configs nested_moe_2d dense_2d --max_steps 500   # a shorter trial, not a recipe
+    python benchmarks/pde.py --no_fno                         # the recipes only
 
 Each config is trained with ``mmoe fit`` semantics (LightningCLI, seed from the config or
 --seed), its best-validation checkpoint is tested on the test split, and 2D models are also
 tested on the same families generated at 64x64 (resolution transfer). Results go to stdout as
-a markdown table and to ``<run_dir>/results.json`` (used for the zoo manifest).
+markdown tables and to ``<run_dir>/results.json`` (used for the zoo manifest).
+
+FNO peer (``fno_2d`` / ``fno_1d``, :mod:`pde_fno`): neuraloperator's FNO of a similar parameter
+count, trained on the data of the ``nested_moe_<d>`` config (same channels, splits and metric)
+for the wall time that config's run took in this invocation (or ``--fno_budget`` seconds), one
+for each dimension among ``--configs``; best-validation weights, tested the same way (64x64 fed
+directly). Needs ``neuraloperator`` (see ``pde_fno.INSTALL``).
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ import json
 import time
 from pathlib import Path
 
+import torch
 import yaml
+from pde_fno import DEFAULT_MODES, DEFAULT_WIDTH, evaluate, train_fno  # benchmarks/ is on sys.path
 
 from mmoe.cli import cli_main
 from mmoe.datamodules import PDEDataModule
@@ -36,7 +45,7 @@ def run_config(name: str, max_steps: int | None, seed: int, run_dir: str) -> dic
     best = trainer.checkpoint_callback.best_model_path or None
     metrics = trainer.test(model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)[0]
     result = {"config": f"configs/pde/{name}.yaml", "seed": seed, "train_seconds": round(train_seconds, 1),
-              "steps": trainer.global_step, "epochs": trainer.current_epoch, "checkpoint": best,
+              "parameters": sum(p.numel() for p in model.model.parameters()), "steps": trainer.global_step, "epochs": trainer.current_epoch, "checkpoint": best,
               "test": {k: round(float(v), 5) for k, v in metrics.items() if k.startswith("test/")}}
     data_args = yaml.safe_load(config.read_text())["data"]["init_args"]
     if data_args.get("spatial_dims", 2) == 2:
@@ -46,30 +55,76 @@ def run_config(name: str, max_steps: int | None, seed: int, run_dir: str) -> dic
     return result
 
 
+def run_fno(moe_name: str, budget: float, max_steps: int | None, seed: int) -> dict:
+    """Train the FNO peer on the data of config ``moe_name`` for ``budget`` seconds; test like the configs."""
+    data_args = yaml.safe_load((CONFIGS / f"{moe_name}.yaml").read_text())["data"]["init_args"]
+    model, info = train_fno(PDEDataModule(**data_args), budget, max_steps=max_steps, seed=seed)
+    dm = PDEDataModule(**data_args)
+    dm.setup("test")
+    result = info | {"config": f"benchmarks/pde_fno.py on the data of configs/pde/{moe_name}.yaml",
+                     "test": {k: round(v, 5) for k, v in evaluate(model, dm.test_dataloader(), dm.family_names).items()}}
+    if data_args.get("spatial_dims", 2) == 2:
+        dm64 = PDEDataModule(**(data_args | {"resolution": 64}))
+        dm64.setup("test")
+        result["test_64x64"] = {k: round(v, 5) for k, v in
+                                evaluate(model, dm64.test_dataloader(), dm64.family_names).items()}
+    return result
+
+
+def _families(metrics: dict) -> str:
+    return ", ".join(f"{k.split('rel_l2_')[1]} {v:.4f}" for k, v in metrics.items() if "rel_l2_" in k)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=DEFAULT, help="config names under configs/pde")
     parser.add_argument("--max_steps", type=int, default=None, help="override the recipes' steps (a trial)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run_dir", default="runs/bench_pde")
+    parser.add_argument("--no_fno", action="store_true", help="skip the FNO peers")
+    parser.add_argument("--fno_budget", type=float, default=None,
+                        help="FNO training seconds (default: the wall time of nested_moe_<d> in this run)")
     args = parser.parse_args()
     results = {}
     out = Path(args.run_dir) / "results.json"
-    for name in args.configs:
-        results[name] = run_config(name, args.max_steps, args.seed, args.run_dir)
+
+    def save() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2))
+
+    for name in args.configs:
+        results[name] = run_config(name, args.max_steps, args.seed, args.run_dir)
+        save()
+    if not args.no_fno:
+        for dim in ("2d", "1d"):  # a peer for each dimension this run has configs of
+            moe = f"nested_moe_{dim}"
+            if not any(n.endswith(f"_{dim}") for n in args.configs):
+                continue
+            budget = args.fno_budget or results.get(moe, {}).get("train_seconds")
+            if budget is None:
+                raise SystemExit(f"--fno_budget: needed for fno_{dim} when {moe} is not among --configs")
+            torch.manual_seed(args.seed)
+            results[f"fno_{dim}"] = run_fno(moe, budget, None, args.seed)
+            save()
     steps = "the recipes' steps" if args.max_steps is None else f"{args.max_steps} steps (trial)"
-    print(f"\n# PDE quality, seed {args.seed}, {steps} (test split, relative L2, lower is better)")
-    print("| config | steps | train s | test rel L2 | per family | family routing acc | rel L2 at 64x64 |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\n# PDE quality, seed {args.seed}, {steps}; FNO (width {DEFAULT_WIDTH}, {DEFAULT_MODES} modes) for the "
+          "wall time of nested_moe_<d> (test split, relative L2, lower is better)")
+    print("| model | parameters | steps | train s | test rel L2 | per family | family routing acc | rel L2 at 64x64 |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         t = r["test"]
-        fams = ", ".join(f"{k.split('rel_l2_')[1]} {v:.4f}" for k, v in t.items() if "rel_l2_" in k)
         acc = t.get("test/family_routing_acc")
         r64 = r.get("test_64x64", {}).get("test/rel_l2")
-        print(f"| {name} | {r['steps']} | {r['train_seconds']:.0f} | {t.get('test/rel_l2', float('nan')):.4f} | "
-              f"{fams} | {'-' if acc is None else f'{acc:.3f}'} | {'-' if r64 is None else f'{r64:.4f}'} |")
+        print(f"| {name} | {r['parameters'] / 1e6:.2f}M | {r['steps']} | {r['train_seconds']:.0f} | "
+              f"{t.get('test/rel_l2', float('nan')):.4f} | {_families(t)} | {'-' if acc is None else f'{acc:.3f}'} | "
+              f"{'-' if r64 is None else f'{r64:.4f}'} |")
+    rows = {n: r["test_64x64"] for n, r in results.items() if "test_64x64" in r}
+    if rows:
+        print("\nZero-shot at 64x64 (trained at 32x32), per family:\n")
+        print("| model | rel L2 at 64x64 | per family |")
+        print("|---|---|---|")
+        for name, t in rows.items():
+            print(f"| {name} | {t['test/rel_l2']:.4f} | {_families(t)} |")
     print(f"\nresults: {out}")
 
 

@@ -126,3 +126,68 @@ def test_validation_figure_shows_every_family() -> None:
     for name in ("darcy", "heat", "advection", "allen_cahn"):
         assert f"{name}: prediction" in titles
     assert task.validation_figures() == {}  # collected samples are consumed
+
+
+def _band_limited(rng: np.random.Generator, n: int, size: tuple[int, ...]) -> np.ndarray:
+    """Random real fields of Fourier modes |m| <= 3 on the cell centres of ``size`` (exact on any grid)."""
+    from mmoe.datamodules.pde import solvers as S
+
+    coeffs = S.grf_coefficients(rng, n, len(size), 3, 1.5, 3.0)
+    return S.eval_fourier(coeffs, [np.arange(-3, 4)] * len(size), [S.cell_centres(s) for s in size])
+
+
+@pytest.mark.parametrize("size", [(15, 18), (32, 32)])
+def test_conditioned_channels_translate_and_diffuse_exactly(size: tuple[int, int]) -> None:
+    """With drift = c t and log D = log(nu t) read off the parameter channels, the two channels are
+    the exact advection and heat solutions (numpy solvers of the data generator as reference)."""
+    from mmoe.datamodules.pde import solvers as S
+    from mmoe.tasks.pde.model import ConditionedFourierChannels
+
+    rng = np.random.default_rng(5)
+    u0 = _band_limited(rng, 3, size)
+    c = rng.uniform(-1, 1, size=(3, 2))
+    s = rng.uniform(size=3)  # heat nu = 3e-3 * 10**s, its channel holds 1 + s
+    lo, hi = 3e-3, 3e-2
+    x = torch.zeros(3, 5, *size)
+    x[:, 0] = torch.from_numpy(u0)
+    x[:, 1] = torch.from_numpy(1 + s).view(3, 1, 1)
+    x[:, 3:5] = torch.from_numpy(c).float().view(3, 2, 1, 1)
+    layer = ConditionedFourierChannels(2, 4, 2)
+    with torch.no_grad():
+        w, b = layer.linear.weight.view(2, 3, 4), layer.linear.bias.view(2, 3)
+        w.zero_(), b.zero_()
+        w[0, 0, 2] = w[0, 1, 3] = 0.5  # channel 0: drift = c * (t = 0.5), D = e^-60
+        b[0, 2] = -60.0
+        w[1, 2, 0] = np.log(hi / lo)  # channel 1: log D = log(nu * (t = 1)), no drift
+        b[1, 2] = np.log(lo) - np.log(hi / lo)
+    out = layer(x).detach().double().numpy()
+    np.testing.assert_allclose(out[:, 0], S.advect_periodic(u0, c, 0.5), atol=2e-5)
+    np.testing.assert_allclose(out[:, 1], S.heat_periodic(u0, lo * (hi / lo) ** s, 1.0), atol=2e-5)
+
+
+def test_conditioned_channels_start_as_the_field_and_learn() -> None:
+    from mmoe.tasks.pde.model import ConditionedFourierChannels
+
+    torch.manual_seed(6)
+    u0 = torch.from_numpy(_band_limited(np.random.default_rng(7), 2, (17,))).float()
+    x = torch.cat([u0[:, None], torch.rand(2, 1, 1).expand(2, 1, 17)], dim=1)  # 1D: field + one parameter map
+    layer = ConditionedFourierChannels(1, 1, 3)
+    out = layer(x)
+    assert out.shape == (2, 3, 17)
+    for j in range(3):  # no translation at start, and D = e^-9 barely damps |m| <= 3
+        torch.testing.assert_close(out[:, j], u0, atol=2e-2, rtol=0)
+    target = torch.roll(u0, 2, dims=-1)  # a shift by 2 of 17 cells: needs a parameter-dependent drift
+    out.sub(target[:, None]).pow(2).sum().backward()
+    assert layer.linear.weight.grad.abs().sum() > 0 and layer.mlp[0].weight.grad is not None
+
+
+def test_conditioned_channels_option() -> None:
+    with pytest.raises(ValueError, match="conditioned_channels: expected an integer >= 0"):
+        PDETask(conditioned_channels=-1, **SMALL)
+    plain = PDETask(**SMALL)  # the default: no extra weights, so earlier released files still load
+    assert not any("condition" in k for k in plain.state_dict())
+    torch.manual_seed(8)
+    task = PDETask(preprocess=PDEPreprocess(2, 5, family_names=[], resolution=16), conditioned_channels=2, **SMALL)
+    for shape in ((2, 5, 16, 16), (1, 5, 30, 22)):
+        y = task(dict(input=torch.randn(*shape)))
+        assert y.shape == (shape[0], 1, *shape[2:]) and torch.isfinite(y).all()

@@ -10,6 +10,15 @@ Resolution: the operator computes on its training grid (``resolution``). A field
 grid is resampled to it (bilinear / linear, cell-centred), and the prediction is resampled
 back; the pointwise skip path runs on the native grid. So a model trained at 32x32 predicts at
 64x64 (or 30x22) with the accuracy of its 32x32 grid plus the interpolation error.
+
+Parameter-conditioned Fourier channels (``conditioned_channels > 0``): the spectral mixer's
+weights are fixed, and the PDE parameters enter only as constant input maps, so no layer can
+multiply the field's spectrum by a factor that depends on a parameter. The solution operator
+of a constant-coefficient linear PDE is exactly such a factor (advection ``u0^(k) exp(-i k.c
+t)``, diffusion ``u0^(k) exp(-nu |k|^2 t)``). :class:`ConditionedFourierChannels` supplies it:
+extra input channels ``F^-1[F[u0] exp(-i k.b(p) - |k|^2 D(p))]`` with drift ``b`` and
+diffusivity ``D`` predicted per sample from the parameter channels ``p``; they are computed on
+the native grid (exact at any resolution) and reach both the operator and the skip path.
 """
 
 from __future__ import annotations
@@ -33,6 +42,79 @@ def fourier_positions(grid: tuple[int, ...], patch: int, resolution: tuple[int, 
     return torch.cat([angles.sin(), angles.cos()], dim=-1).reshape(coords.shape[0], -1)
 
 
+def _wavenumbers(size: list[int], device: torch.device) -> list[torch.Tensor]:
+    """Angular wavenumbers ``2 pi n`` of the unit domain, per axis, shaped for an ``rfftn``
+    spectrum of ``size``; the Nyquist mode of even axes is set to NaN to mark it (see below)."""
+    out = []
+    for axis, n in enumerate(size):
+        last = axis == len(size) - 1
+        f = torch.fft.rfftfreq(n, 1.0 / n, device=device) if last else torch.fft.fftfreq(n, 1.0 / n, device=device)
+        if n % 2 == 0:  # its phase shift is not representable by a real field: dropped
+            f = torch.where(f.abs() == n // 2, torch.full_like(f, float("nan")), f)
+        shape = [1] * len(size)
+        shape[axis] = -1
+        out.append(2 * math.pi * f.view(shape))
+    return out
+
+
+class ConditionedFourierChannels(nn.Module):
+    """``channels`` copies of the field (input channel 0), each filtered by its own per-sample
+    Fourier multiplier ``exp(-i k.b - |k|^2 D)``: a translation by ``b`` and a diffusion by ``D``.
+
+    ``b`` (``spatial_dims`` numbers) and ``log D`` per channel are a linear map plus a small MLP
+    of the sample's parameter vector (the spatial mean of input channels 1.., which the
+    datamodule fills with constant parameter maps). Wavenumbers are those of the unit domain,
+    so the same ``b``, ``D`` act alike on any grid. A field of one channel (no parameters) gets
+    a learned constant ``b``, ``D``.
+
+    Args:
+        spatial_dims: 1 or 2. num_params: parameter channels (input channels minus 1).
+        channels: filtered copies produced. hidden: MLP width.
+    """
+
+    def __init__(self, spatial_dims: int, num_params: int, channels: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.spatial_dims, self.channels, self.num_params = spatial_dims, channels, num_params
+        n_in, n_out = max(num_params, 1), channels * (spatial_dims + 1)
+        self.linear = nn.Linear(n_in, n_out)
+        self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, n_out))
+        # Start as the identity: no translation (a random initial drift would shift every family's
+        # field, and the loss is periodic in the drift, so a far-off start can stall) and
+        # D = exp(-9), which barely damps the data's modes.
+        for layer in (self.linear, self.mlp[-1]):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        with torch.no_grad():
+            self.linear.bias.view(channels, spatial_dims + 1)[:, -1] = -9.0
+
+    def coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drift ``[B, channels, spatial_dims]`` and diffusivity ``[B, channels]`` of ``x``."""
+        B = x.shape[0]
+        if self.num_params:
+            p = x[:, 1:1 + self.num_params].float().mean(dim=tuple(range(2, x.ndim)))
+        else:
+            p = x.new_zeros(B, 1, dtype=torch.float32)
+        coef = (self.linear(p) + self.mlp(p)).view(B, self.channels, self.spatial_dims + 1)
+        # clamped: exp overflow on a wild parameter would give inf * 0 = NaN in the spectrum
+        return coef[..., :-1], coef[..., -1].clamp(max=10.0).exp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = list(x.shape[2:])
+        axes = tuple(range(2, 2 + self.spatial_dims))
+        drift, diff = self.coefficients(x)
+        spec = torch.fft.rfftn(x[:, :1].float(), dim=axes)  # [B, 1, *spectrum]
+        ks = _wavenumbers(size, x.device)
+        extra = (1,) * self.spatial_dims
+        phase = sum(drift[..., i].view(*drift.shape[:2], *extra) * torch.nan_to_num(k) for i, k in enumerate(ks))
+        k2 = sum(torch.nan_to_num(k) ** 2 for k in ks)
+        keep = torch.ones_like(k2)
+        for k in ks:
+            keep = keep * (~torch.isnan(k)).float()
+        log_mult = torch.complex(-diff.view(*diff.shape, *extra) * k2, -phase)
+        out = torch.fft.irfftn(spec * torch.exp(log_mult) * keep, s=size, dim=axes)
+        return out.to(x.dtype)
+
+
 class NestedMoEOperator(nn.Module):
     """``[B, C_in, *grid] -> [B, C_out, *grid]`` neural operator; see the module docstring.
 
@@ -48,17 +130,22 @@ class NestedMoEOperator(nn.Module):
             ``(top_k + 1) * hidden_dim`` (the active width of a token).
         resolution: grid points per axis the operator computes on (None: the input's own grid).
         num_freqs: Fourier frequencies of the position features.
+        conditioned_channels: parameter-conditioned Fourier channels (:class:`ConditionedFourierChannels`)
+            appended to the input; 0: none (the operator as released before they existed).
     """
 
     def __init__(self, in_channels: int, out_channels: int, spatial_dims: int, patch_size: int, dim: int,
                  depth: int, num_heads: int, hidden_dim: int, num_groups: int, experts_per_group: int,
                  top_k: int, mixer: str, modes: int, moe: bool, resolution: int | None = None,
-                 num_freqs: int = 8) -> None:
+                 num_freqs: int = 8, conditioned_channels: int = 0) -> None:
         super().__init__()
         self.spatial_dims, self.patch, self.num_freqs = spatial_dims, patch_size, num_freqs
         self.resolution = resolution
         self.in_channels, self.out_channels = in_channels, out_channels
         conv = nn.Conv1d if spatial_dims == 1 else nn.Conv2d
+        self.condition = (ConditionedFourierChannels(spatial_dims, in_channels - 1, conditioned_channels)
+                          if conditioned_channels else None)
+        in_channels = in_channels + conditioned_channels
         self.embed = conv(in_channels, dim, patch_size, stride=patch_size)
         self.pos = nn.Linear(2 * spatial_dims * num_freqs, dim)
         mixer_options = {"spectral": {"modes": modes, "spatial_dims": spatial_dims},
@@ -73,6 +160,8 @@ class NestedMoEOperator(nn.Module):
         self.skip = conv(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.condition is not None:  # on the native grid, before any resampling
+            x = torch.cat([x, self.condition(x)], dim=1)
         size = list(x.shape[2:])
         work = [self.resolution] * self.spatial_dims if self.resolution else size
         if work != size:

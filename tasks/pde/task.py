@@ -32,6 +32,10 @@ class PDETask(BaseMoETask):
         mixer: token mixer: ``"spectral"``, ``"attention"`` or ``"hybrid"`` (both).
         modes: Fourier modes of the spectral mixer.
         moe: False gives the dense baseline with equal active parameters.
+        conditioned_channels: copies of the field filtered in Fourier space by a translation and a
+            diffusion predicted from each sample's parameter channels, appended to the input
+            (:class:`~mmoe.tasks.pde.model.ConditionedFourierChannels`); they let the operator
+            represent parameter-dependent shifts such as advection. 0: none.
         family_loss_weight: weight of the cross-entropy between the sample-level group logits
             and the family label (samples with family -1 are ignored).
         aux_loss_weight: weight of the MoE auxiliary losses. log_routing: log routing stats and maps.
@@ -55,6 +59,7 @@ class PDETask(BaseMoETask):
         mixer: Literal["spectral", "attention", "hybrid"] = "spectral",
         modes: int = 8,
         moe: bool = True,
+        conditioned_channels: int = 0,
         family_loss_weight: float = 0.1,
         aux_loss_weight: float = 1.0,
         log_routing: bool = True,
@@ -63,6 +68,7 @@ class PDETask(BaseMoETask):
                             ("hidden_dim", hidden_dim), ("num_groups", num_groups),
                             ("experts_per_group", experts_per_group), ("top_k", top_k), ("modes", modes)):
             check_positive_int(name, value)
+        check_positive_int("conditioned_channels", conditioned_channels, minimum=0)
         check_choice("mixer", mixer, ("spectral", "attention", "hybrid"))
         if not family_loss_weight >= 0:
             raise ValueError(f"family_loss_weight: expected >= 0, got {family_loss_weight!r}")
@@ -73,7 +79,7 @@ class PDETask(BaseMoETask):
         self.model = NestedMoEOperator(
             pre.in_channels, pre.out_channels, pre.spatial_dims, hp.patch_size, hp.dim, hp.depth, hp.num_heads,
             hp.hidden_dim, hp.num_groups, hp.experts_per_group, hp.top_k, hp.mixer, hp.modes, hp.moe,
-            pre.resolution,
+            pre.resolution, conditioned_channels=hp.get("conditioned_channels", 0),
         )
 
     def configure_metrics(self) -> None:
