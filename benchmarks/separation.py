@@ -74,17 +74,16 @@ def count_params(task: SeparationTask) -> tuple[int, int]:
     return total, total - inactive
 
 
-def macs_per_second(task: SeparationTask, seconds: float = 4.0) -> float:
-    """Counted multiply-accumulates per second of audio (FlopCounterMode flops / 2)."""
-    rate = task.pre.sample_rate
+def macs_per_second(model: torch.nn.Module, rate: int, seconds: float = 4.0) -> float:
+    """Counted multiply-accumulates per second of audio (FlopCounterMode flops / 2) of ``model [B, L] -> [B, S, L]``."""
     x = torch.randn(1, int(seconds * rate)) * 0.05
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        task.model(x)
+        model(x)
     counts = counter.get_flop_counts()["Global"]
     flops = sum(counts.values())
     if not any("grouped_mm" in str(op) for op in counts):
         # the experts' grouped GEMMs are not in FlopCounterMode's table: count the pairs actually routed
-        for m in task.model.modules():
+        for m in model.modules():
             if isinstance(m, MoELayer) and m.last_assignment is not None:
                 pairs = int((m.last_assignment[1] < m.num_experts).sum())
                 flops += 2 * pairs * (m.experts.w_in.shape[1] * m.experts.w_in.shape[2]
@@ -92,14 +91,14 @@ def macs_per_second(task: SeparationTask, seconds: float = 4.0) -> float:
     return flops / 2 / seconds
 
 
-def real_time_factor(task: SeparationTask, seconds: float = 60.0, repeats: int = 2) -> float:
-    rate = task.pre.sample_rate
+def real_time_factor(separate, rate: int, seconds: float = 60.0, repeats: int = 2) -> float:
+    """Compute seconds per audio second of ``separate(audio [samples] float32 numpy)`` (best of ``repeats``)."""
     x = (0.05 * np.random.default_rng(0).standard_normal(int(seconds * rate))).astype(np.float32)
-    task.predict(x[: rate], sample_rate=rate)  # warm-up
+    separate(x[: rate])  # warm-up
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        task.predict(x, sample_rate=rate)
+        separate(x)
         best = min(best, time.perf_counter() - t)
     return best / seconds
 
@@ -132,6 +131,24 @@ def release(args: argparse.Namespace) -> None:
     print(json.dumps(row, indent=2))
 
 
+def blstm_row(seconds: float, dm: SeparationDataModule, limit: int | None, rtf_seconds: float) -> dict:
+    """The uPIT BLSTM peer (benchmarks/separation_blstm.py) trained for ``seconds``, measured like the others."""
+    from separation_blstm import train_blstm
+
+    start = time.perf_counter()
+    peer, steps = train_blstm(seconds)
+    train_s = time.perf_counter() - start
+    with torch.no_grad():
+        quality = evaluate(lambda mix, src: peer(mix), dm, limit)
+
+        def separate(audio: np.ndarray) -> torch.Tensor:
+            return peer(torch.from_numpy(audio)[None])
+        rtf = real_time_factor(separate, 8000, rtf_seconds)
+    total = sum(p.numel() for p in peer.parameters())
+    return {"method": f"peer: uPIT BLSTM ({steps} steps)", **quality, "params": total, "active_params": total,
+            "mac_per_s": macs_per_second(peer, 8000), "rtf": rtf, "train_s": train_s}
+
+
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} s"
 
@@ -144,6 +161,8 @@ def main() -> None:
     parser.add_argument("--dense_train_s", type=float, default=None, help="measured fit wall time of the dense recipe")
     parser.add_argument("--test_mixtures", type=int, default=100)
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N test mixtures")
+    parser.add_argument("--peer_seconds", type=float, default=None,
+                        help="also train the uPIT BLSTM peer (benchmarks/separation_blstm.py) for this wall time")
     parser.add_argument("--smoke", action="store_true", help="tiny random models and 4 mixtures")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--release", default=None, help="export the --moe checkpoint as this zoo name (float16) into "
@@ -177,9 +196,13 @@ def main() -> None:
             quality = evaluate(lambda mix, src: task({"mixture": mix})["sources"], dm, limit)
         total, active = count_params(task)
         train_s = args.moe_train_s if name.startswith("MoE") else args.dense_train_s
+        rate = task.pre.sample_rate
         rows.append({"method": name, **quality, "params": total, "active_params": active,
-                     "mac_per_s": macs_per_second(task), "rtf": real_time_factor(task, rtf_seconds),
+                     "mac_per_s": macs_per_second(task.model, rate),
+                     "rtf": real_time_factor(lambda a: task.predict(a, sample_rate=rate), rate, rtf_seconds),
                      "train_s": train_s})
+    if args.peer_seconds:
+        rows.append(blstm_row(args.peer_seconds, dm, limit, rtf_seconds))
     print(f"embedded eSpeak NG 8 kHz test split: {len(dm.test_set) if limit is None else limit} two-speaker mixtures "
           f"(-5..5 dB, min mode), torch threads {torch.get_num_threads()}")
     print("| method | SI-SNRi (dB) | SDRi (dB) | params (active) | MAC/s of audio | RTF (x real time) | train |")

@@ -24,10 +24,15 @@ def test_band_layout_covers_every_bin_once() -> None:
         assert widths[0] <= widths[-1]  # finer bands at low frequencies
 
 
+VARIANTS = [{}, {"mixer": "frame_lstm", "frame_hidden": 8, "mask_head": "frame"},
+            {"mixer": "lstm", "mask": "softmax"}]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=["attention", "frame_lstm", "lstm_softmax"])
 @pytest.mark.parametrize("length", [1, 97, 1003])
-def test_forward_shapes_on_odd_lengths_and_level_equivariance(length: int) -> None:
+def test_forward_shapes_on_odd_lengths_and_level_equivariance(length: int, variant: dict) -> None:
     torch.manual_seed(0)
-    model = TFMoESeparator(**TINY).eval()
+    model = TFMoESeparator(**TINY, **variant).eval()
     x = torch.randn(2, length)
     y = model(x)
     assert y.shape == (2, 2, length) and torch.isfinite(y).all()
@@ -41,6 +46,34 @@ def test_untrained_masks_split_the_mixture_evenly() -> None:
     y = model(x)
     # mask biases start at 1/S; weights are small: the sum of the estimates is near the mixture
     assert float((y.sum(1) - x).pow(2).mean() / x.pow(2).mean()) < 0.5
+
+
+def test_softmax_masks_add_up_to_the_mixture() -> None:
+    """Real masks summing to one over the speakers: the estimates add up to the mixture for any weights."""
+    torch.manual_seed(0)
+    model = TFMoESeparator(**TINY, mixer="frame_lstm", frame_hidden=8, mask_head="frame", mask="softmax").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))  # far from the initial even split
+        x = torch.randn(2, 1003)
+        y = model(x)
+    assert float((y[:, 0] - y[:, 1]).pow(2).mean() / x.pow(2).mean()) > 0.01  # not an even split
+    torch.testing.assert_close(y.sum(1), x, rtol=1e-3, atol=1e-4)
+
+
+def test_frame_mixer_needs_the_band_grid() -> None:
+    model = TFMoESeparator(**TINY, mixer="frame_lstm", frame_hidden=8)
+    mixer = model.backbone.blocks[0].mixer
+    with pytest.raises(ValueError, match="grid"):
+        mixer(torch.randn(1, 12, TINY["dim"]), (4, 3))
+
+
+@pytest.mark.parametrize("bad", [{"mixer": "conv"}, {"mask_head": "pixel"}, {"mask": "ratio"}, {"frame_hidden": 0}])
+def test_bad_model_choices_name_the_argument(bad: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        TFMoESeparator(**TINY, **bad)
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        SeparationTask(**{k: v for k, v in TINY.items()}, **bad)
 
 
 def test_moe_and_dense_have_the_same_active_ffn_width() -> None:

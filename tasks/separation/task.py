@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from mmoe.tasks.base import BaseMoETask
 from mmoe.tasks.separation.io import SeparationPreprocess, finish_audio, prepare_audio
 from mmoe.tasks.separation.metrics import SDRi, SISNRi, pit_si_snr
 from mmoe.tasks.separation.model import TFMoESeparator
-from mmoe.validation import check_bool, check_number, check_positive_int
+from mmoe.validation import check_bool, check_choice, check_number, check_positive_int
 
 
 class SeparationTask(BaseMoETask):
@@ -34,6 +34,10 @@ class SeparationTask(BaseMoETask):
         dense_hidden_dim: dense FFN width when ``moe`` is False (None: ``top_k * hidden_dim``).
         capacity_factor: MoE capacity (None: dropless).
         mask_hidden: hidden width of the per-band mask heads.
+        mixer: ``"attention"``, ``"lstm"`` or ``"frame_lstm"`` (see :class:`.model.TFMoESeparator`).
+        frame_hidden: LSTM width per direction of the ``"frame_lstm"`` time mixer.
+        mask_head: ``"band"`` (per-band MLP) or ``"frame"`` (one linear map per frame over all bands).
+        mask: ``"complex"`` masks or real ``"softmax"`` masks that sum to one over the speakers.
         aux_loss_weight: weight of the MoE auxiliary losses. log_routing: log routing stats and maps.
     """
 
@@ -56,13 +60,20 @@ class SeparationTask(BaseMoETask):
         dense_hidden_dim: int | None = None,
         capacity_factor: float | None = None,
         mask_hidden: int = 128,
+        mixer: Literal["attention", "lstm", "frame_lstm"] = "attention",
+        frame_hidden: int = 128,
+        mask_head: Literal["band", "frame"] = "band",
+        mask: Literal["complex", "softmax"] = "complex",
         aux_loss_weight: float = 1.0,
         log_routing: bool = True,
     ) -> None:
         for name, value in (("n_fft", n_fft), ("hop", hop), ("dim", dim), ("depth", depth),
                             ("num_heads", num_heads), ("hidden_dim", hidden_dim), ("num_experts", num_experts),
-                            ("top_k", top_k), ("mask_hidden", mask_hidden)):
+                            ("top_k", top_k), ("mask_hidden", mask_hidden), ("frame_hidden", frame_hidden)):
             check_positive_int(name, value)
+        check_choice("mixer", mixer, ("attention", "lstm", "frame_lstm"))
+        check_choice("mask_head", mask_head, ("band", "frame"))
+        check_choice("mask", mask, ("complex", "softmax"))
         if dense_hidden_dim is not None:
             check_positive_int("dense_hidden_dim", dense_hidden_dim)
         check_bool("moe", moe)
@@ -76,7 +87,8 @@ class SeparationTask(BaseMoETask):
             sample_rate=self.pre.sample_rate, num_speakers=self.pre.num_speakers, n_fft=hp.n_fft, hop=hp.hop,
             dim=hp.dim, depth=hp.depth, num_heads=hp.num_heads, hidden_dim=hp.hidden_dim,
             num_experts=hp.num_experts, top_k=hp.top_k, moe=hp.moe, dense_hidden_dim=hp.dense_hidden_dim,
-            capacity_factor=hp.capacity_factor, mask_hidden=hp.mask_hidden)
+            capacity_factor=hp.capacity_factor, mask_hidden=hp.mask_hidden, mixer=hp.mixer,
+            frame_hidden=hp.frame_hidden, mask_head=hp.mask_head, mask=hp.mask)
 
     def configure_metrics(self) -> None:
         self.train_metrics = None
