@@ -42,19 +42,19 @@ def fourier_positions(grid: tuple[int, ...], patch: int, resolution: tuple[int, 
     return torch.cat([angles.sin(), angles.cos()], dim=-1).reshape(coords.shape[0], -1)
 
 
-def _wavenumbers(size: list[int], device: torch.device) -> list[torch.Tensor]:
-    """Angular wavenumbers ``2 pi n`` of the unit domain, per axis, shaped for an ``rfftn``
-    spectrum of ``size``; the Nyquist mode of even axes is set to NaN to mark it (see below)."""
-    out = []
+def _wavenumbers(size: list[int], device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Angular wavenumbers ``2 pi n`` of the unit domain per axis, shaped for an ``rfftn`` spectrum
+    of ``size``, and a 0/1 mask of that spectrum that drops the Nyquist mode of even axes (a real
+    field cannot carry its translated phase)."""
+    ks, keep = [], torch.ones((), device=device)
     for axis, n in enumerate(size):
         last = axis == len(size) - 1
         f = torch.fft.rfftfreq(n, 1.0 / n, device=device) if last else torch.fft.fftfreq(n, 1.0 / n, device=device)
-        if n % 2 == 0:  # its phase shift is not representable by a real field: dropped
-            f = torch.where(f.abs() == n // 2, torch.full_like(f, float("nan")), f)
         shape = [1] * len(size)
         shape[axis] = -1
-        out.append(2 * math.pi * f.view(shape))
-    return out
+        ks.append(2 * math.pi * f.view(shape))
+        keep = keep * (f.abs() != n / 2).float().view(shape)
+    return ks, keep
 
 
 class ConditionedFourierChannels(nn.Module):
@@ -103,13 +103,10 @@ class ConditionedFourierChannels(nn.Module):
         axes = tuple(range(2, 2 + self.spatial_dims))
         drift, diff = self.coefficients(x)
         spec = torch.fft.rfftn(x[:, :1].float(), dim=axes)  # [B, 1, *spectrum]
-        ks = _wavenumbers(size, x.device)
+        ks, keep = _wavenumbers(size, x.device)
         extra = (1,) * self.spatial_dims
-        phase = sum(drift[..., i].view(*drift.shape[:2], *extra) * torch.nan_to_num(k) for i, k in enumerate(ks))
-        k2 = sum(torch.nan_to_num(k) ** 2 for k in ks)
-        keep = torch.ones_like(k2)
-        for k in ks:
-            keep = keep * (~torch.isnan(k)).float()
+        phase = sum(drift[..., i].view(*drift.shape[:2], *extra) * k for i, k in enumerate(ks))
+        k2 = sum(k**2 for k in ks)
         log_mult = torch.complex(-diff.view(*diff.shape, *extra) * k2, -phase)
         out = torch.fft.irfftn(spec * torch.exp(log_mult) * keep, s=size, dim=axes)
         return out.to(x.dtype)
