@@ -45,7 +45,8 @@ def run_config(name: str, max_steps: int | None, seed: int, run_dir: str) -> dic
     best = trainer.checkpoint_callback.best_model_path or None
     metrics = trainer.test(model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)[0]
     result = {"config": f"configs/pde/{name}.yaml", "seed": seed, "train_seconds": round(train_seconds, 1),
-              "parameters": sum(p.numel() for p in model.model.parameters()), "steps": trainer.global_step, "epochs": trainer.current_epoch, "checkpoint": best,
+              "parameters": sum(p.numel() for p in model.model.parameters()), "steps": trainer.global_step,
+              "epochs": trainer.current_epoch, "checkpoint": best,
               "test": {k: round(float(v), 5) for k, v in metrics.items() if k.startswith("test/")}}
     data_args = yaml.safe_load(config.read_text())["data"]["init_args"]
     if data_args.get("spatial_dims", 2) == 2:
