@@ -108,7 +108,8 @@ def main() -> None:
             results[f"fno_{dim}"] = run_fno(moe, budget, None, args.seed)
             save()
     steps = "the recipes' steps" if args.max_steps is None else f"{args.max_steps} steps (trial)"
-    print(f"\n# PDE quality, seed {args.seed}, {steps}; FNO (width {DEFAULT_WIDTH}, {DEFAULT_MODES} modes) for the "
+    widths = ", ".join(f"{d}D width {w}" for d, w in DEFAULT_WIDTH.items())
+    print(f"\n# PDE quality, seed {args.seed}, {steps}; FNO ({widths}, {DEFAULT_MODES} modes) for the "
           "wall time of nested_moe_<d> (test split, relative L2, lower is better)")
     print("| model | parameters | steps | train s | test rel L2 | per family | family routing acc | rel L2 at 64x64 |")
     print("|---|---|---|---|---|---|---|---|")

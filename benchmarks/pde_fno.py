@@ -29,9 +29,11 @@ from mmoe.tasks.pde.metrics import RelativeL2
 
 INSTALL = ("pip install --no-deps neuraloperator==2.0.0 && "
            "pip install tensorly==0.10.0 tensorly-torch==0.5.0 opt-einsum==3.4.0 requests")
-# Width and modes whose real parameter count (4.19M) is near the nested_moe_2d recipe's 4.02M
-# (4 Fourier layers and 16 modes, as in neuraloperator's Darcy examples).
-DEFAULT_WIDTH, DEFAULT_MODES, DEFAULT_LAYERS = 60, 16, 4
+# Widths (per spatial dimension) whose real parameter counts are near the MoE recipes': 2D 4.19M
+# (nested_moe_2d 4.02M), 1D 1.21M (nested_moe_1d 1.19M); 4 Fourier layers and 16 modes, as in
+# neuraloperator's Darcy examples.
+DEFAULT_WIDTH: dict[int, int] = {2: 60, 1: 120}
+DEFAULT_MODES, DEFAULT_LAYERS = 16, 4
 DEFAULT_LR, DEFAULT_WEIGHT_DECAY = 8e-3, 1e-4
 
 
@@ -49,16 +51,17 @@ def real_parameter_count(model: nn.Module) -> int:
     return sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters())
 
 
-def build_fno(in_channels: int, out_channels: int, spatial_dims: int, width: int = DEFAULT_WIDTH,
+def build_fno(in_channels: int, out_channels: int, spatial_dims: int, width: int | None = None,
               modes: int = DEFAULT_MODES, layers: int = DEFAULT_LAYERS) -> nn.Module:
     """neuraloperator's FNO with ``modes`` Fourier modes per axis and its default lifting,
-    projection, grid positional embedding and channel MLPs."""
+    projection, grid positional embedding and channel MLPs; ``width`` None: :data:`DEFAULT_WIDTH`."""
+    if spatial_dims not in (1, 2):
+        raise ValueError(f"spatial_dims: expected 1 or 2, got {spatial_dims!r}")
+    width = DEFAULT_WIDTH[spatial_dims] if width is None else width
     for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("width", width),
                         ("modes", modes), ("layers", layers)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-    if spatial_dims not in (1, 2):
-        raise ValueError(f"spatial_dims: expected 1 or 2, got {spatial_dims!r}")
     FNO = require_neuralop()
     return FNO(n_modes=(modes,) * spatial_dims, in_channels=in_channels, out_channels=out_channels,
                hidden_channels=width, n_layers=layers)
@@ -84,7 +87,7 @@ def evaluate(model: nn.Module, loader: DataLoader, family_names: list[str], pref
 
 
 def train_fno(datamodule: Any, budget_seconds: float | None, max_steps: int | None = None, seed: int = 0,
-              width: int = DEFAULT_WIDTH, modes: int = DEFAULT_MODES, layers: int = DEFAULT_LAYERS,
+              width: int | None = None, modes: int = DEFAULT_MODES, layers: int = DEFAULT_LAYERS,
               lr: float = DEFAULT_LR, weight_decay: float = DEFAULT_WEIGHT_DECAY,
               val_every_epochs: int = 1) -> tuple[nn.Module, dict[str, Any]]:
     """Train an FNO on ``datamodule`` (set up here if needed) until ``budget_seconds`` of wall time
@@ -139,8 +142,9 @@ def train_fno(datamodule: Any, budget_seconds: float | None, max_steps: int | No
     train_seconds = time.perf_counter() - start
     model.load_state_dict(best_state)
     model.eval()
-    info = {"model": "neuraloperator FNO", "width": width, "modes": modes, "layers": layers,
-            "parameters": real_parameter_count(model), "optimizer": f"AdamW lr {lr} wd {weight_decay}, cosine",
+    info = {"model": "neuraloperator FNO", "width": width or DEFAULT_WIDTH[datamodule.dim], "modes": modes,
+            "layers": layers, "parameters": real_parameter_count(model),
+            "optimizer": f"AdamW lr {lr} wd {weight_decay}, cosine",
             "seed": seed, "steps": step, "epochs": epoch, "train_seconds": round(train_seconds, 1),
             "budget_seconds": budget_seconds, "max_steps": max_steps, "best_val_rel_l2": round(best_val, 5),
             "best_step": best_step, "threads": torch.get_num_threads()}
