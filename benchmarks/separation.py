@@ -9,8 +9,8 @@ IRM |S_i| / sum_j |S_j| on the model's STFT: the upper bound of a real-valued ma
 the dense baseline with the same active compute. Columns: SI-SNRi and SDRi (dB, best permutation,
 whole test mixtures), parameters (total and active per token), multiply-accumulates per second of
 8 kHz audio (counted with ``torch.utils.flop_counter.FlopCounterMode`` on a 4 s input: matmuls,
-attention and the experts' grouped GEMMs actually run, i.e. active compute; STFT/iSTFT and
-element-wise ops not counted), and the real-time factor of predict on this machine's CPU threads
+attention and the experts' grouped GEMMs actually run, i.e. active compute, plus the LSTMs counted
+from their shapes; STFT/iSTFT and element-wise ops not counted), and the real-time factor of predict on this machine's CPU threads
 (a 60 s mixture, chunked as predict does; RTF = compute seconds / audio seconds).
 """
 
@@ -74,11 +74,35 @@ def count_params(task: SeparationTask) -> tuple[int, int]:
     return total, total - inactive
 
 
+def lstm_macs(lstm: torch.nn.LSTM, sequences: int, steps: int) -> int:
+    """Multiply-accumulates of ``lstm`` over ``sequences`` x ``steps``: 4 gates x hidden x (input + hidden) per
+    direction and layer and step (FlopCounterMode does not see the fused CPU LSTM kernels)."""
+    dirs = 2 if lstm.bidirectional else 1
+    total, width = 0, lstm.input_size
+    for _ in range(lstm.num_layers):
+        total += dirs * 4 * lstm.hidden_size * (width + lstm.hidden_size)
+        width = dirs * lstm.hidden_size
+    return total * sequences * steps
+
+
 def macs_per_second(model: torch.nn.Module, rate: int, seconds: float = 4.0) -> float:
-    """Counted multiply-accumulates per second of audio (FlopCounterMode flops / 2) of ``model [B, L] -> [B, S, L]``."""
+    """Counted multiply-accumulates per second of audio of ``model [B, L] -> [B, S, L]``: FlopCounterMode
+    flops / 2, plus the LSTMs counted from their shapes and the experts' GEMMs from the routed pairs
+    where the counter does not list them."""
     x = torch.randn(1, int(seconds * rate)) * 0.05
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
+    lstm_total = []
+
+    def hook(module: torch.nn.LSTM, args: tuple, output: tuple) -> None:
+        seq = args[0]  # batch_first [N, T, input]
+        lstm_total.append(lstm_macs(module, seq.shape[0], seq.shape[1]))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.LSTM)]
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
     counts = counter.get_flop_counts()["Global"]
     flops = sum(counts.values())
     if not any("grouped_mm" in str(op) for op in counts):
@@ -88,7 +112,9 @@ def macs_per_second(model: torch.nn.Module, rate: int, seconds: float = 4.0) -> 
                 pairs = int((m.last_assignment[1] < m.num_experts).sum())
                 flops += 2 * pairs * (m.experts.w_in.shape[1] * m.experts.w_in.shape[2]
                                       + m.experts.w_out.shape[1] * m.experts.w_out.shape[2])
-    return flops / 2 / seconds
+    if any("lstm" in str(op) for op in counts):
+        raise RuntimeError("FlopCounterMode now counts LSTMs itself: drop the shape-based LSTM count")
+    return (flops / 2 + sum(lstm_total)) / seconds
 
 
 def real_time_factor(separate, rate: int, seconds: float = 60.0, repeats: int = 2) -> float:

@@ -55,3 +55,15 @@ def test_blstm_peer_masks_add_up_and_it_trains(tmp_path: Path, monkeypatch) -> N
     model, steps = train_blstm(1.0, dm=dm, n_fft=64, hop=16, hidden=8, layers=1)
     assert steps >= 2 and not model.training  # more than one pass over the 1-batch epoch
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_lstm_macs_match_a_hand_count() -> None:
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from separation import lstm_macs
+
+    lstm = torch.nn.LSTM(10, 6, num_layers=2, bidirectional=True, batch_first=True)
+    # layer 1: 2 directions x 4 gates x 6 x (10 + 6); layer 2 takes the 12 concatenated outputs
+    per_step = 2 * 4 * 6 * (10 + 6) + 2 * 4 * 6 * (12 + 6)
+    assert lstm_macs(lstm, 3, 7) == per_step * 3 * 7
