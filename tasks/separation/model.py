@@ -32,6 +32,20 @@ from mmoe.moe_layer import MoELayer
 from mmoe.validation import check_choice, check_positive_int
 
 
+def along_axis(fn, x: torch.Tensor, grid: tuple[int, ...] | None, axis: int) -> torch.Tensor:
+    """Apply the sequence map ``fn [S, n, D] -> [S, n, D]`` along one axis of the ``(T, K)`` token grid of
+    ``x [B, T*K, D]``: axis 0 (time), sequences are the frames of one band; axis 1 (band), the bands of
+    one frame."""
+    if grid is None or len(grid) != 2:
+        raise ValueError(f"grid: expected (frames, bands) for a time/band mixer, got {grid!r}")
+    B, N, D = x.shape
+    T, K = grid
+    g = x.view(B, T, K, D)
+    if axis == 0:
+        return fn(g.transpose(1, 2).reshape(B * K, T, D)).view(B, K, T, D).transpose(1, 2).reshape(B, N, D)
+    return fn(g.reshape(B * T, K, D)).reshape(B, N, D)
+
+
 class _AxisAttention(SelfAttention):
     """Self-attention (:class:`mmoe.mixers.SelfAttention`) along one axis of the ``(T, K)`` token
     grid (``grid`` passed by the backbone)."""
@@ -40,17 +54,7 @@ class _AxisAttention(SelfAttention):
 
     def forward(self, x: torch.Tensor, grid: tuple[int, ...] | None = None,
                 attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if grid is None or len(grid) != 2:
-            raise ValueError(f"grid: expected (frames, bands) for a time/band mixer, got {grid!r}")
-        B, N, D = x.shape
-        T, K = grid
-        g = x.view(B, T, K, D)
-        # time mixer: sequences are the frames of one band; band mixer: the bands of one frame
-        seq = g.transpose(1, 2).reshape(B * K, T, D) if self.axis == 0 else g.reshape(B * T, K, D)
-        out = super().forward(seq)
-        if self.axis == 0:
-            return out.view(B, K, T, D).transpose(1, 2).reshape(B, N, D)
-        return out.reshape(B, N, D)
+        return along_axis(super().forward, x, grid, self.axis)
 
 
 @register_mixer("tf_time")
@@ -79,7 +83,7 @@ class BandAttention(_AxisAttention):
 
 class _AxisLSTM(nn.Module):
     """Bidirectional LSTM along one axis of the ``(T, K)`` token grid (after TF-GridNet's intra- and
-    inter-frame modules): local, ordered context that attention learns slowly from little data."""
+    inter-frame modules). On the embedded data it learned no faster than attention (BENCHMARKS.md)."""
 
     axis: int = 0
 
@@ -92,16 +96,7 @@ class _AxisLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: tuple[int, ...] | None = None,
                 attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if grid is None or len(grid) != 2:
-            raise ValueError(f"grid: expected (frames, bands) for a time/band mixer, got {grid!r}")
-        B, N, D = x.shape
-        T, K = grid
-        g = x.view(B, T, K, D)
-        seq = g.transpose(1, 2).reshape(B * K, T, D) if self.axis == 0 else g.reshape(B * T, K, D)
-        out = self.proj(self.lstm(seq)[0])
-        if self.axis == 0:
-            return out.view(B, K, T, D).transpose(1, 2).reshape(B, N, D)
-        return out.reshape(B, N, D)
+        return along_axis(lambda seq: self.proj(self.lstm(seq)[0]), x, grid, self.axis)
 
 
 @register_mixer("tf_time_lstm")
