@@ -311,5 +311,7 @@ def test_shipped_config_trains_on_a_one_channel_pdebench_file(tmp_path: Path) ->
                     "--run_dir", str(tmp_path / "runs")])
     pre = cli.model.pre
     assert (pre.in_channels, pre.family_names, pre.resolution) == (1, [], 24)
-    assert cli.model.model.embed.in_channels == 1
+    # the file's one channel plus the recipe's parameter-conditioned Fourier copies of the field
+    conditioned = cli.model.hparams.conditioned_channels
+    assert conditioned == 4 and cli.model.model.embed.in_channels == 1 + conditioned
     assert cli.trainer.global_step == 2
