@@ -3,6 +3,8 @@
     python benchmarks/pde.py                                  # the four shipped recipes (~10 min each) + FNO peers
     python benchmarks/pde.py --configs nested_moe_2d dense_2d --max_steps 500   # a shorter trial, not a recipe
     python benchmarks/pde.py --no_fno                         # the recipes only
+    python benchmarks/pde.py --configs nested_moe_2d --fno_only --fno_budget 639 --fno_conditioned 4 \
+        --run_dir runs/bench_pde_fno_cond                     # ablation: FNO + the recipe's conditioned channels
 
 Each config is trained with ``mmoe fit`` semantics (LightningCLI, seed from the config or
 --seed), its best-validation checkpoint is tested on the test split, and 2D models are also
@@ -56,10 +58,11 @@ def run_config(name: str, max_steps: int | None, seed: int, run_dir: str) -> dic
     return result
 
 
-def run_fno(moe_name: str, budget: float, max_steps: int | None, seed: int) -> dict:
+def run_fno(moe_name: str, budget: float, max_steps: int | None, seed: int, conditioned_channels: int = 0) -> dict:
     """Train the FNO peer on the data of config ``moe_name`` for ``budget`` seconds; test like the configs."""
     data_args = yaml.safe_load((CONFIGS / f"{moe_name}.yaml").read_text())["data"]["init_args"]
-    model, info = train_fno(PDEDataModule(**data_args), budget, max_steps=max_steps, seed=seed)
+    model, info = train_fno(PDEDataModule(**data_args), budget, max_steps=max_steps, seed=seed,
+                            conditioned_channels=conditioned_channels)
     dm = PDEDataModule(**data_args)
     dm.setup("test")
     result = info | {"config": f"benchmarks/pde_fno.py on the data of configs/pde/{moe_name}.yaml",
@@ -83,6 +86,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run_dir", default="runs/bench_pde")
     parser.add_argument("--no_fno", action="store_true", help="skip the FNO peers")
+    parser.add_argument("--fno_only", action="store_true",
+                        help="train only the FNO peers of the dimensions among --configs (needs --fno_budget)")
+    parser.add_argument("--fno_conditioned", type=int, default=0,
+                        help="ablation: FNO peers fed this many of the MoE recipe's conditioned Fourier channels")
     parser.add_argument("--fno_budget", type=float, default=None,
                         help="FNO training seconds (default: the wall time of nested_moe_<d> in this run)")
     args = parser.parse_args()
@@ -93,7 +100,9 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2))
 
-    for name in args.configs:
+    if args.fno_only and (args.no_fno or args.fno_budget is None):
+        raise SystemExit("--fno_only: needs --fno_budget and no --no_fno")
+    for name in [] if args.fno_only else args.configs:
         results[name] = run_config(name, args.max_steps, args.seed, args.run_dir)
         save()
     if not args.no_fno:
@@ -105,7 +114,8 @@ def main() -> None:
             if budget is None:
                 raise SystemExit(f"--fno_budget: needed for fno_{dim} when {moe} is not among --configs")
             torch.manual_seed(args.seed)
-            results[f"fno_{dim}"] = run_fno(moe, budget, None, args.seed)
+            suffix = f"_cond{args.fno_conditioned}" if args.fno_conditioned else ""
+            results[f"fno_{dim}{suffix}"] = run_fno(moe, budget, None, args.seed, args.fno_conditioned)
             save()
     steps = "the recipes' steps" if args.max_steps is None else f"{args.max_steps} steps (trial)"
     widths = ", ".join(f"{d}D width {w}" for d, w in DEFAULT_WIDTH.items())

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mmoe.tasks.pde.metrics import RelativeL2
+from mmoe.tasks.pde.model import ConditionedFourierChannels
 
 INSTALL = ("pip install --no-deps neuraloperator==2.0.0 && "
            "pip install tensorly==0.10.0 tensorly-torch==0.5.0 opt-einsum==3.4.0 requests")
@@ -51,10 +52,24 @@ def real_parameter_count(model: nn.Module) -> int:
     return sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters())
 
 
+class ConditionedFNO(nn.Module):
+    """An FNO fed the input plus the nested-MoE recipe's parameter-conditioned Fourier channels
+    (:class:`mmoe.tasks.pde.model.ConditionedFourierChannels`): the ablation that tells the
+    conditioning's share of the MoE recipe's lead from the rest."""
+
+    def __init__(self, fno: nn.Module, condition: nn.Module) -> None:
+        super().__init__()
+        self.fno, self.condition = fno, condition
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fno(torch.cat([x, self.condition(x)], dim=1))
+
+
 def build_fno(in_channels: int, out_channels: int, spatial_dims: int, width: int | None = None,
-              modes: int = DEFAULT_MODES, layers: int = DEFAULT_LAYERS) -> nn.Module:
+              modes: int = DEFAULT_MODES, layers: int = DEFAULT_LAYERS, conditioned_channels: int = 0) -> nn.Module:
     """neuraloperator's FNO with ``modes`` Fourier modes per axis and its default lifting,
-    projection, grid positional embedding and channel MLPs; ``width`` None: :data:`DEFAULT_WIDTH`."""
+    projection, grid positional embedding and channel MLPs; ``width`` None: :data:`DEFAULT_WIDTH`;
+    ``conditioned_channels`` > 0: a :class:`ConditionedFNO` with that many conditioned channels."""
     if spatial_dims not in (1, 2):
         raise ValueError(f"spatial_dims: expected 1 or 2, got {spatial_dims!r}")
     width = DEFAULT_WIDTH[spatial_dims] if width is None else width
@@ -62,9 +77,14 @@ def build_fno(in_channels: int, out_channels: int, spatial_dims: int, width: int
                         ("modes", modes), ("layers", layers)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    if isinstance(conditioned_channels, bool) or not isinstance(conditioned_channels, int) or conditioned_channels < 0:
+        raise ValueError(f"conditioned_channels: expected an integer >= 0, got {conditioned_channels!r}")
     FNO = require_neuralop()
-    return FNO(n_modes=(modes,) * spatial_dims, in_channels=in_channels, out_channels=out_channels,
-               hidden_channels=width, n_layers=layers)
+    fno = FNO(n_modes=(modes,) * spatial_dims, in_channels=in_channels + conditioned_channels,
+              out_channels=out_channels, hidden_channels=width, n_layers=layers)
+    if not conditioned_channels:
+        return fno
+    return ConditionedFNO(fno, ConditionedFourierChannels(spatial_dims, in_channels - 1, conditioned_channels))
 
 
 def relative_l2_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -89,9 +109,10 @@ def evaluate(model: nn.Module, loader: DataLoader, family_names: list[str], pref
 def train_fno(datamodule: Any, budget_seconds: float | None, max_steps: int | None = None, seed: int = 0,
               width: int | None = None, modes: int = DEFAULT_MODES, layers: int = DEFAULT_LAYERS,
               lr: float = DEFAULT_LR, weight_decay: float = DEFAULT_WEIGHT_DECAY,
-              val_every_epochs: int = 1) -> tuple[nn.Module, dict[str, Any]]:
+              val_every_epochs: int = 1, conditioned_channels: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """Train an FNO on ``datamodule`` (set up here if needed) until ``budget_seconds`` of wall time
-    (training and validation) or ``max_steps`` steps, whichever comes first; at least one is needed.
+    (training and validation) or ``max_steps`` steps, whichever comes first; at least one is needed;
+    ``conditioned_channels``: see :func:`build_fno`.
 
     Returns the model with the weights of the best validation rel L2 (validated every
     ``val_every_epochs`` epochs and at the end) and a description of the run.
@@ -105,7 +126,8 @@ def train_fno(datamodule: Any, budget_seconds: float | None, max_steps: int | No
     torch.manual_seed(seed)
     datamodule.setup("fit")
     names = list(datamodule.family_names)
-    model = build_fno(datamodule.in_channels, datamodule.out_channels, datamodule.dim, width, modes, layers)
+    model = build_fno(datamodule.in_channels, datamodule.out_channels, datamodule.dim, width, modes, layers,
+                      conditioned_channels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
 
@@ -143,7 +165,7 @@ def train_fno(datamodule: Any, budget_seconds: float | None, max_steps: int | No
     model.load_state_dict(best_state)
     model.eval()
     info = {"model": "neuraloperator FNO", "width": width or DEFAULT_WIDTH[datamodule.dim], "modes": modes,
-            "layers": layers, "parameters": real_parameter_count(model),
+            "layers": layers, "conditioned_channels": conditioned_channels, "parameters": real_parameter_count(model),
             "optimizer": f"AdamW lr {lr} wd {weight_decay}, cosine",
             "seed": seed, "steps": step, "epochs": epoch, "train_seconds": round(train_seconds, 1),
             "budget_seconds": budget_seconds, "max_steps": max_steps, "best_val_rel_l2": round(best_val, 5),

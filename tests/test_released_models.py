@@ -35,7 +35,8 @@ def test_pde_release_is_listed_and_loads_by_name(zoo_env: Path, monkeypatch: pyt
     assert row["preprocess"]["target_scale"] == {"darcy": 0.01}  # predict's units travel with the entry
 
 
-@pytest.mark.parametrize("family,resolution,bound", [("darcy", 64, 0.10), ("heat", 32, 0.05), ("allen_cahn", 48, 0.08)])
+@pytest.mark.parametrize("family,resolution,bound", [
+    ("darcy", 64, 0.05), ("heat", 32, 0.02), ("allen_cahn", 48, 0.05), ("advection", 32, 0.03), ("advection", 64, 0.06)])
 def test_pde_release_solves_new_problems(zoo_env: Path, family: str, resolution: int, bound: float) -> None:
     """Fresh samples (a seed the training never used), also at other resolutions than 32x32, in
     physical units in and out."""
