@@ -136,7 +136,7 @@ def train_fno(datamodule: Any, budget_seconds: float | None, max_steps: int | No
         parts += [elapsed / budget_seconds] if budget_seconds else []
         return min(1.0, max(parts))
 
-    best_val, best_state, best_step = math.inf, None, 0
+    best_val, best_model, best_step = math.inf, None, 0
     step, epoch, done = 0, 0, False
     start = time.perf_counter()
     model.train()
@@ -160,9 +160,11 @@ def train_fno(datamodule: Any, budget_seconds: float | None, max_steps: int | No
         if done or epoch % val_every_epochs == 0:
             val = evaluate(model, val_loader, names, "val")["val/rel_l2"]
             if val < best_val:
-                best_val, best_state, best_step = val, copy.deepcopy(model.state_dict()), step
+                # a copy of the module, not its state_dict: neuralop adds a "_metadata" entry that a
+                # wrapping module's load_state_dict refuses
+                best_val, best_model, best_step = val, copy.deepcopy(model), step
     train_seconds = time.perf_counter() - start
-    model.load_state_dict(best_state)
+    model = best_model
     model.eval()
     info = {"model": "neuraloperator FNO", "width": width or DEFAULT_WIDTH[datamodule.dim], "modes": modes,
             "layers": layers, "conditioned_channels": conditioned_channels, "parameters": real_parameter_count(model),
