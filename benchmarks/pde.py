@@ -102,6 +102,8 @@ def main() -> None:
 
     if args.fno_only and (args.no_fno or args.fno_budget is None):
         raise SystemExit("--fno_only: needs --fno_budget and no --no_fno")
+    if args.fno_conditioned < 0:  # checked before the configs' long runs, not after
+        raise SystemExit(f"--fno_conditioned: expected an integer >= 0, got {args.fno_conditioned}")
     for name in [] if args.fno_only else args.configs:
         results[name] = run_config(name, args.max_steps, args.seed, args.run_dir)
         save()
