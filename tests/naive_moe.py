@@ -92,6 +92,45 @@ def token_pairs(layer, xt: torch.Tensor, num_samples: int) -> list[tuple[int, in
     return pairs
 
 
+def macs_token_value(probs: list[float]) -> float:
+    """MACS token value ``1 + (1 - H(p) / log E)``: 2 for a one-hot row, 1 for a uniform one."""
+    E = len(probs)
+    if E == 1:
+        return 2.0
+    entropy = 0.0
+    for p in probs:
+        q = max(float(p), 1e-12)  # a zero probability adds (almost) nothing, as 0 log 0 = 0
+        entropy -= q * math.log(q)
+    return 2.0 - entropy / math.log(E)
+
+
+def macs_keep(pairs: list[tuple[int, int, float]], modality: list[int], token_probs: list[list[float]],
+              num_experts: int, capacity: int) -> set[int]:
+    """Indices of the pairs MACS keeps, written from the rule in words (mmoe/capacity.py docstring).
+
+    Args:
+        pairs: ``(token, expert, gate)`` per pair; an expert ``>= num_experts`` is a pruned pair.
+        modality: modality id per token.
+        token_probs: routing distribution per token (E floats).
+        num_experts: E.
+        capacity: pairs each expert admits.
+    """
+    value = [macs_token_value(p) for p in token_probs]
+    kept: set[int] = set()
+    for e in range(num_experts):
+        mine = [i for i, (_, ex, _) in enumerate(pairs) if ex == e]
+        key: dict[int, float] = {}
+        for m in sorted({modality[pairs[i][0]] for i in mine}):
+            group = [i for i in mine if modality[pairs[i][0]] == m]
+            load = sum(value[pairs[i][0]] for i in group)  # entropy-weighted load of m at e
+            # best pair value v_t * gate first; equal values: the earlier pair first
+            group.sort(key=lambda i: (-value[pairs[i][0]] * float(pairs[i][2]), i))
+            for rank, i in enumerate(group):
+                key[i] = (rank + 1) / load
+        kept.update(sorted(mine, key=lambda i: (key[i], i))[:capacity])
+    return kept
+
+
 def apply_capacity(pairs, num_experts: int, capacity: int | None):
     """Keep, per expert, the ``capacity`` pairs of highest priority (ties: earlier pair first)."""
     if capacity is None:
@@ -105,8 +144,9 @@ def apply_capacity(pairs, num_experts: int, capacity: int | None):
     return kept, dropped
 
 
-def naive_forward(layer, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Output of ``layer(x)`` (no modality; static capacity) and the number of dropped pairs."""
+def naive_forward(layer, x: torch.Tensor, modality: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Output of ``layer(x, modality)`` and the number of dropped pairs; capacity is static, or MACS
+    (:func:`macs_keep`) when ``modality`` is given and ``layer.capacity_mode == "macs"``."""
     shape = x.shape
     xt = x.reshape(-1, shape[-1])
     T, E = xt.shape[0], layer.num_experts
@@ -119,7 +159,15 @@ def naive_forward(layer, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         cap = None
         if layer.capacity_factor is not None and layer.router.kind != "expert_choice":
             cap = math.ceil(layer.capacity_factor * layer.top_k * T / E)
-        pairs, dropped = apply_capacity(token_pairs(layer, xt, num_samples), E, cap)
+        pairs = token_pairs(layer, xt, num_samples)
+        if cap is not None and modality is not None and layer.capacity_mode == "macs":
+            if layer.router.kind != "softmax":
+                raise NotImplementedError("naive MACS: the softmax router's token distribution only")
+            probs = [torch.softmax(layer.router.weight @ xt[t], 0).tolist() for t in range(T)]
+            keep = macs_keep([(t, e, w) for t, e, w, _ in pairs], modality.reshape(-1).tolist(), probs, E, cap)
+            pairs, dropped = [p for i, p in enumerate(pairs) if i in keep], len(pairs) - len(keep)
+        else:
+            pairs, dropped = apply_capacity(pairs, E, cap)
         rows = [torch.zeros(shape[-1]) for _ in range(T)]
         for t, e, w, _ in pairs:
             rows[t] = rows[t] + w * ffn(xt[t], w_in[e], w_out[e], a)
