@@ -51,11 +51,13 @@ __all__ = [
     "TRUSTED_MODULES",
     "WeightsMismatchError",
     "build_model",
+    "check_bounded",
     "import_class",
     "list_models",
     "load",
     "read_checkpoint",
     "torch_load_weights_only",
+    "trusted_modules",
 ]
 
 #: module prefixes whose classes a weights file may name (extend for your own tasks)
@@ -75,15 +77,23 @@ _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 _BUILT_PER_SAVED, _BUILT_SLACK = 8, 1 << 24
 #: parameter/buffer/submodule registrations a meta build may make: per file tensor, and at least
 _REGISTRATIONS_PER_TENSOR, _MIN_REGISTRATIONS = 50, 10_000
+#: the most values (and string characters / 100) and the deepest nesting that init args or
+#: hyper-parameters read from a file may expand to (far above what any task's arguments hold)
+MAX_ARG_VALUES, MAX_ARG_DEPTH = 100_000, 64
 
 
 class WeightsMismatchError(ValueError, RuntimeError):
     """The tensors in a weights file are not the state dict of the model its metadata describes."""
 
 
-def _trusted(module: str) -> bool:
+def trusted_modules() -> list[str]:
+    """``TRUSTED_MODULES`` plus the comma-separated ``MMOE_TRUSTED_MODULES`` environment variable."""
     extra = [m.strip() for m in os.environ.get("MMOE_TRUSTED_MODULES", "").split(",") if m.strip()]
-    return any(module == p or module.startswith(p + ".") for p in [*TRUSTED_MODULES, *extra])
+    return [*TRUSTED_MODULES, *extra]
+
+
+def _trusted(module: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in trusted_modules())
 
 
 def _untrusted(what: str) -> ValueError:
@@ -128,6 +138,46 @@ def import_class(class_path: str) -> type[nn.Module]:
 # ------------------------------------------------------------------------------ init args
 
 
+def check_bounded(value: Any, source: str, what: str = "init_args", max_values: int = MAX_ARG_VALUES,
+                  max_depth: int = MAX_ARG_DEPTH) -> None:
+    """Refuse ``value`` (data read from ``source``) when, walked as the tree that copying,
+    merging or printing it builds, it holds more than ``max_values`` values or nests deeper
+    than ``max_depth``.
+
+    Args:
+        value: plain data from a file (dicts, lists, tuples, sets, strings, numbers, tensors).
+        source: the file, named in the error.
+        what: the part of the file, named in the error.
+        max_values: budget; every value reached costs 1 each time it is reached (so shared
+            references and cycles count as what they expand to), strings and bytes also 1 per 100 characters.
+        max_depth: deepest nesting accepted.
+    """
+    # `torch.load(weights_only=True)` and YAML anchors keep shared references: a 2 KB file can
+    # hold [a, a] nested 60 times, which any tree walk (a config merge, a dump) expands to 2**60
+    # values. Counting on push bounds both the time and the stack of this walk.
+    stack, used = [(value, 0)], 1
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (str, bytes)):
+            used += len(item) // 100
+            children: Any = ()
+        elif isinstance(item, Mapping):
+            children = [c for kv in item.items() for c in kv]
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            children = item
+        else:
+            children = ()
+        if children and depth >= max_depth:
+            raise ValueError(f"{source}: {what} nest deeper than {max_depth} levels; refused as a malformed file")
+        used += len(children)
+        if used > max_values:
+            raise ValueError(
+                f"{source}: {what} expand to more than {max_values} values (shared references or cycles count "
+                "each time they are reached); refused as a malformed or malicious file"
+            )
+        stack.extend((c, depth + 1) for c in children)
+
+
 def _strings(value: Any) -> Iterator[str]:
     if isinstance(value, str):
         yield value
@@ -145,6 +195,7 @@ def check_init_args(cls: type, init_args: Any, source: str) -> dict[str, Any]:
     the network (see the module docstring)."""
     if not isinstance(init_args, dict) or not all(isinstance(k, str) for k in init_args):
         raise ValueError(f"{source}: init_args must be a dict with string keys, got {type(init_args).__name__}")
+    check_bounded(init_args, source)  # before the walks below (and any copy the caller makes)
     forbidden = {*FORBIDDEN_INIT_ARGS, *getattr(cls, "load_forbidden_args", ())}
     try:
         params = inspect.signature(cls).parameters
@@ -304,6 +355,12 @@ def _build(cls: type[nn.Module], init_args: Any, shapes: Mapping[str, tuple[int,
            read_tensors: Callable[[], dict[str, torch.Tensor]], source: str,
            map_location: str | torch.device) -> nn.Module:
     init_args = check_init_args(cls, init_args, source)
+    upgrade = getattr(cls, "upgrade_init_args", None)
+    if upgrade is not None:  # files written before a task's arguments changed keep loading
+        try:
+            init_args = upgrade(init_args)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: init_args of an older mmoe do not map to today's arguments: {exc}") from exc
     check_weights_fit(cls, init_args, shapes, source)
     state_dict = read_tensors()
     _check_finite(state_dict, source)

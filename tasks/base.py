@@ -36,6 +36,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from mmoe.moe_layer import MoELayer
+from mmoe.settings import MoESettings, as_moe_settings
 from mmoe.stats import collect_moe
 
 SPLITS = ("train", "val", "test")
@@ -103,6 +104,8 @@ class BaseMoETask(LightningModule):
     preprocess_class: type | None = None
     #: init args that make the task read files or the network: ``mmoe.load`` never takes them from a file
     load_forbidden_args: tuple[str, ...] = ()
+    #: the task's MoE settings when its ``moe`` argument is None (a dict overrides them field by field)
+    default_moe: MoESettings = MoESettings()
 
     def __init__(self, aux_loss_weight: float = 1.0, log_routing: bool = True) -> None:
         super().__init__()
@@ -112,6 +115,9 @@ class BaseMoETask(LightningModule):
         if self.preprocess_class is not None:
             self.pre = as_config(self.preprocess_class, self.hparams.get("preprocess"), "preprocess")
             self._hparams["preprocess"] = self._hparams_initial["preprocess"] = self.pre
+        if "moe" in self.hparams:
+            self.moe = as_moe_settings(self.hparams["moe"], type(self).default_moe)
+            self._hparams["moe"] = self._hparams_initial["moe"] = self.moe
         # typed configs are stored as plain dicts: checkpoints stay loadable with weights_only=True
         for store in (self._hparams, self._hparams_initial):
             for key, value in list(store.items()):
@@ -124,6 +130,12 @@ class BaseMoETask(LightningModule):
         self.configure_metrics()
         self._routing: dict[str, dict[str, dict[str, torch.Tensor]]] = {s: {} for s in SPLITS}
         self._class_routing: dict[str, dict[str, torch.Tensor]] = {s: {} for s in SPLITS}
+
+    @classmethod
+    def upgrade_init_args(cls, init_args: dict[str, Any]) -> dict[str, Any]:
+        """``init_args`` recorded by an older mmoe (a checkpoint or zoo file) in today's form; a task
+        whose arguments changed maps the old names here, so released files keep loading."""
+        return init_args
 
     # ------------------------------------------------------------------ hooks
     def configure_models(self) -> None:

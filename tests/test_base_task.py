@@ -14,6 +14,7 @@ import yaml
 from lightning.pytorch import Callback, Trainer
 from torch import nn
 
+from mmoe.settings import MoESettings
 from mmoe.cli import cli_main, list_shipped, resolve_config, shipped_configs
 from mmoe.datamodules import PDEDataModule
 from mmoe.moe_layer import MoELayer
@@ -21,8 +22,8 @@ from mmoe.tasks import PDETask
 from mmoe.tasks.base import OptimConfig
 from mmoe.tasks.pde import PDEPreprocess
 
-SMALL = dict(patch_size=4, dim=16, depth=2, num_heads=2, hidden_dim=16, num_groups=2, experts_per_group=3,
-             top_k=1, mixer="spectral", modes=4)
+SMALL = dict(patch_size=4, dim=16, depth=2, num_heads=2, hidden_dim=16, moe=MoESettings(router="nested", groups=2, num_experts=6, top_k=1),
+             mixer="spectral", modes=4)
 ROOT = Path(__file__).resolve().parents[1]
 
 

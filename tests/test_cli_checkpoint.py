@@ -23,8 +23,8 @@ import mmoe
 from mmoe.cli import cli_main
 from mmoe.safe_checkpoint import SafeCheckpointIO
 
-SMALL = dict(patch_size=4, dim=16, depth=1, num_heads=2, hidden_dim=16, num_groups=4, experts_per_group=2,
-             top_k=1, modes=3)
+SMALL = dict(patch_size=4, dim=16, depth=1, num_heads=2, hidden_dim=16, moe=dict(router="nested", groups=4, num_experts=8, top_k=1),
+             modes=3)
 PLUGIN = '--trainer.plugins={"class_path": "mmoe.safe_checkpoint.SafeCheckpointIO"}'
 
 

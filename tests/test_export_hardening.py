@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmoe.settings import MoESettings
 from mmoe.tasks import PDETask
 from mmoe.zoo_cli import main
 
-SMALL = dict(patch_size=4, dim=16, depth=1, num_heads=2, hidden_dim=16, num_groups=2, experts_per_group=2, top_k=1)
+SMALL = dict(patch_size=4, dim=16, depth=1, num_heads=2, hidden_dim=16, moe=MoESettings(router="nested", groups=2, num_experts=4, top_k=1))
 
 
 def _ckpt(path: Path) -> Path:

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from mmoe.settings import MoESettings
 from mmoe.cli import cli_main
 from mmoe.tasks import PDETask
 from mmoe.tasks.pde import PDEPreprocess
 from mmoe.tasks.pde.metrics import RelativeL2
 
-SMALL = dict(patch_size=4, dim=16, depth=2, num_heads=2, hidden_dim=16, num_groups=2, experts_per_group=3,
-             top_k=1, modes=3)
+SMALL = dict(patch_size=4, dim=16, depth=2, num_heads=2, hidden_dim=16, moe=MoESettings(router="nested", groups=2, num_experts=6, top_k=1),
+             modes=3)
 
 
 def test_relative_l2_matches_numpy_reference() -> None:
@@ -116,7 +117,7 @@ def test_print_config_resolves_short_names(capsys) -> None:
 
 def test_validation_figure_shows_every_family() -> None:
     torch.manual_seed(3)
-    task = PDETask(**(SMALL | {"num_groups": 4}))
+    task = PDETask(**(SMALL | {"moe": MoESettings(router="nested", groups=4, num_experts=12, top_k=1)}))
     for fam in ([0, 0, 1], [1, 3, 3], [2]):  # families spread over several validation batches
         batch = {"input": torch.randn(len(fam), 5, 16, 16), "target": torch.randn(len(fam), 1, 16, 16),
                  "family": torch.tensor(fam)}

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmoe.backbone import BlockSpec, MultimodalMoEBackbone
+from mmoe.settings import MoESettings
 
 
 def fourier_positions(grid: tuple[int, ...], patch: int, resolution: tuple[int, ...], num_freqs: int,
@@ -119,22 +120,20 @@ class NestedMoEOperator(nn.Module):
         in_channels: input field channels. out_channels: output field channels.
         spatial_dims: 1 or 2. patch_size: grid points per patch side.
         dim: token width. depth: backbone blocks. num_heads: attention heads (attention/hybrid mixers).
-        hidden_dim: expert hidden width. num_groups: expert groups (one chosen per sample).
-        experts_per_group: experts per group (the last one is the group's shared expert).
-        top_k: routed experts per token inside the group.
+        hidden_dim: expert hidden width.
+        moe: the MoE settings of every block; ``moe.dense`` gives the dense baseline: every MoE FFN
+            replaced by a dense FFN of hidden width ``(top_k + 1) * hidden_dim`` (the active width of
+            a token under the nested router: k routed experts and the group's shared one).
         mixer: ``"spectral"``, ``"attention"`` or ``"hybrid"``. modes: Fourier modes of the spectral mixer.
-        moe: False gives the dense baseline: every MoE FFN replaced by a dense FFN of hidden width
-            ``(top_k + 1) * hidden_dim`` (the active width of a token).
         resolution: grid points per axis the operator computes on (None: the input's own grid).
         num_freqs: Fourier frequencies of the position features.
         conditioned_channels: parameter-conditioned Fourier channels (:class:`ConditionedFourierChannels`)
             appended to the input; 0: none (the operator as released before they existed).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int, patch_size: int, dim: int,
-                 depth: int, num_heads: int, hidden_dim: int, num_groups: int, experts_per_group: int,
-                 top_k: int, mixer: str, modes: int, moe: bool, resolution: int | None = None,
-                 num_freqs: int = 8, conditioned_channels: int = 0) -> None:
+    def __init__(self, *, in_channels: int, out_channels: int, spatial_dims: int, patch_size: int, dim: int,
+                 depth: int, num_heads: int, hidden_dim: int, moe: MoESettings, mixer: str, modes: int,
+                 resolution: int | None = None, num_freqs: int = 8, conditioned_channels: int = 0) -> None:
         super().__init__()
         self.spatial_dims, self.patch, self.num_freqs = spatial_dims, patch_size, num_freqs
         self.resolution = resolution
@@ -148,10 +147,8 @@ class NestedMoEOperator(nn.Module):
         mixer_options = {"spectral": {"modes": modes, "spatial_dims": spatial_dims},
                          "attention": {"num_heads": num_heads},
                          "hybrid": {"num_heads": num_heads, "modes": modes, "spatial_dims": spatial_dims}}[mixer]
-        block = BlockSpec(mixer=mixer, mixer_options=mixer_options, ffn="moe" if moe else "dense",
-                          hidden_dim=hidden_dim, num_experts=num_groups * experts_per_group, top_k=top_k,
-                          router="nested", router_options={"groups": num_groups},
-                          dense_hidden_dim=(top_k + 1) * hidden_dim)
+        block = BlockSpec(mixer=mixer, mixer_options=mixer_options, hidden_dim=hidden_dim,
+                          dense_hidden_dim=(moe.top_k + 1) * hidden_dim, **moe.block_fields())
         self.backbone = MultimodalMoEBackbone(["field"], dim=dim, blocks=[block] * depth, positions=False)
         self.head = nn.Linear(dim, out_channels * patch_size**spatial_dims)
         self.skip = conv(in_channels, out_channels, 1)

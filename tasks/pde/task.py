@@ -10,11 +10,16 @@ import torch.nn.functional as F
 from torchmetrics import Accuracy
 
 from mmoe.moe_layer import MoELayer
+from mmoe.settings import MoESettings, upgrade_legacy_moe
 from mmoe.tasks.base import BaseMoETask
 from mmoe.tasks.pde.io import PDEPreprocess, finish_field, prepare_field
 from mmoe.tasks.pde.metrics import RelativeL2
 from mmoe.tasks.pde.model import NestedMoEOperator
 from mmoe.validation import check_choice, check_positive_int
+
+
+#: the recipe's MoE: nested routing, 4 groups (one per embedded family) of 3 routed + 1 shared experts
+PDE_MOE = MoESettings(router="nested", groups=4, num_experts=16, top_k=1)
 
 
 class PDETask(BaseMoETask):
@@ -25,25 +30,26 @@ class PDETask(BaseMoETask):
             the CLI links it from the datamodule, a zoo file carries it. None: the embedded 2D data.
         patch_size: grid points per patch side. dim: token width. depth: backbone blocks.
         num_heads: attention heads. hidden_dim: expert hidden width.
-        num_groups: expert groups, one chosen per sample.
-        experts_per_group: experts per group: ``top_k`` of ``experts_per_group - 1`` routed
-            experts plus one shared expert act on each token.
-        top_k: routed experts per token inside the group.
+        moe: the MoE settings (:class:`mmoe.settings.MoESettings`); the default is the nested router
+            (one of ``groups`` expert groups per sample, ``top_k`` of the group's routed experts plus
+            its shared expert per token); ``moe.dense`` gives the dense baseline with equal active
+            parameters (FFN width ``(top_k + 1) * hidden_dim``).
         mixer: token mixer: ``"spectral"``, ``"attention"`` or ``"hybrid"`` (both).
         modes: Fourier modes of the spectral mixer.
-        moe: False gives the dense baseline with equal active parameters.
         conditioned_channels: copies of the field filtered in Fourier space by a translation and a
             diffusion predicted from each sample's parameter channels, appended to the input
             (:class:`~mmoe.tasks.pde.model.ConditionedFourierChannels`); they let the operator
             represent parameter-dependent shifts such as advection. 0: none.
         family_loss_weight: weight of the cross-entropy between the sample-level group logits
-            and the family label (samples with family -1 are ignored).
+            and the family label (samples with family -1 are ignored; routers with no sample-level
+            decision have none).
         aux_loss_weight: weight of the MoE auxiliary losses. log_routing: log routing stats and maps.
     """
 
     monitor = "val/rel_l2"
     mode = "min"
     preprocess_class = PDEPreprocess
+    default_moe = PDE_MOE
 
     def __init__(
         self,
@@ -53,20 +59,16 @@ class PDETask(BaseMoETask):
         depth: int = 4,
         num_heads: int = 4,
         hidden_dim: int = 128,
-        num_groups: int = 4,
-        experts_per_group: int = 4,
-        top_k: int = 1,
+        moe: MoESettings = PDE_MOE,
         mixer: Literal["spectral", "attention", "hybrid"] = "spectral",
         modes: int = 8,
-        moe: bool = True,
         conditioned_channels: int = 0,
         family_loss_weight: float = 0.1,
         aux_loss_weight: float = 1.0,
         log_routing: bool = True,
     ) -> None:
         for name, value in (("patch_size", patch_size), ("dim", dim), ("depth", depth), ("num_heads", num_heads),
-                            ("hidden_dim", hidden_dim), ("num_groups", num_groups),
-                            ("experts_per_group", experts_per_group), ("top_k", top_k), ("modes", modes)):
+                            ("hidden_dim", hidden_dim), ("modes", modes)):
             check_positive_int(name, value)
         check_positive_int("conditioned_channels", conditioned_channels, minimum=0)
         check_choice("mixer", mixer, ("spectral", "attention", "hybrid"))
@@ -74,18 +76,23 @@ class PDETask(BaseMoETask):
             raise ValueError(f"family_loss_weight: expected >= 0, got {family_loss_weight!r}")
         super().__init__(aux_loss_weight=aux_loss_weight, log_routing=log_routing)
 
+    @classmethod
+    def upgrade_init_args(cls, init_args: dict[str, Any]) -> dict[str, Any]:
+        return upgrade_legacy_moe(init_args, cls.default_moe, groups_key="num_groups", per_group_key="experts_per_group")
+
     def configure_models(self) -> None:
         hp, pre = self.hparams, self.pre
         self.model = NestedMoEOperator(
-            pre.in_channels, pre.out_channels, pre.spatial_dims, hp.patch_size, hp.dim, hp.depth, hp.num_heads,
-            hp.hidden_dim, hp.num_groups, hp.experts_per_group, hp.top_k, hp.mixer, hp.modes, hp.moe,
-            pre.resolution, conditioned_channels=hp.get("conditioned_channels", 0),
+            in_channels=pre.in_channels, out_channels=pre.out_channels, spatial_dims=pre.spatial_dims,
+            patch_size=hp.patch_size, dim=hp.dim, depth=hp.depth, num_heads=hp.num_heads, hidden_dim=hp.hidden_dim,
+            moe=self.moe, mixer=hp.mixer, modes=hp.modes, resolution=pre.resolution,
+            conditioned_channels=hp.get("conditioned_channels", 0),
         )
 
     def configure_metrics(self) -> None:
         names = list(self.pre.family_names)
         self.train_metrics, self.val_metrics, self.test_metrics = (RelativeL2(names) for _ in range(3))
-        groups = max(2, self.hparams.num_groups)
+        groups = max(2, self.moe.groups if self.moe.grouped else self.moe.num_experts)
         self.val_routing_acc, self.test_routing_acc = (Accuracy(task="multiclass", num_classes=groups) for _ in range(2))
 
     def class_names(self) -> list[str] | None:
@@ -105,7 +112,7 @@ class PDETask(BaseMoETask):
         loss = (diff / target.reshape(B, -1).norm(dim=1).clamp_min(1e-8)).mean()  # relative L2, as measured
         family = batch.get("family")
         logits = self._group_logits()
-        if self.hparams.family_loss_weight and family is not None and logits and self.hparams.num_groups > 1:
+        if self.hparams.family_loss_weight and family is not None and logits and logits[0].shape[1] > 1:
             known = family >= 0
             if bool(known.any()):
                 ce = torch.stack([F.cross_entropy(g[known], family[known] % g.shape[1]) for g in logits]).mean()
@@ -124,7 +131,7 @@ class PDETask(BaseMoETask):
                                          for t in (batch["input"], output, batch["target"]))
         logits = self._group_logits()
         acc = getattr(self, f"{split}_routing_acc", None)
-        if acc is not None and logits and self.hparams.num_groups > 1 and family is not None and bool((family >= 0).any()):
+        if acc is not None and logits and logits[0].shape[1] > 1 and family is not None and bool((family >= 0).any()):
             known = family >= 0
             acc.update(logits[0][known].argmax(-1), family[known] % logits[0].shape[1])
 
