@@ -26,6 +26,7 @@ import yaml
 from torchmetrics.functional.classification import multiclass_f1_score
 
 import mmoe
+from mmoe.settings import MoESettings
 from mmoe.datamodules import EmotionDataModule
 from mmoe.moe_layer import MoELayer
 from mmoe.stats import collect_moe
@@ -87,7 +88,8 @@ def main() -> None:
     if args.smoke:
         from mmoe.tasks import EmotionTask
 
-        model = EmotionTask(dim=16, depth=1, fusion_depth=1, num_heads=2, hidden_dim=16, num_experts=4, n_mels=16)
+        model = EmotionTask(dim=16, depth=1, fusion_depth=1, num_heads=2, hidden_dim=16,
+                            moe=MoESettings(num_experts=4), n_mels=16)
         data_args = {"num_conversations": 3, "val_fraction": 0.0, "test_fraction": 0.5, "batch_size": 2}
         args.factors, args.model = [1.0, 0.5], "random init (smoke)"
     else:

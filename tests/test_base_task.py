@@ -154,7 +154,7 @@ def test_figures_without_routing_logs_and_without_sanity_batches(tmp_path: Path)
     torch.manual_seed(0)
     dm = EmotionDataModule(num_conversations=40, batch_size=4, max_seconds=1.0)
     task = EmotionTask(preprocess=dm.preprocess, dim=16, depth=1, fusion_depth=1, num_heads=2, hidden_dim=16,
-                       num_experts=4, n_mels=16, log_routing=False)
+                       moe=MoESettings(num_experts=4), n_mels=16, log_routing=False)
     counted: list[int] = []
     original = task.validation_figures
 

@@ -13,6 +13,7 @@ import yaml
 from sklearn.metrics import f1_score
 
 import mmoe
+from mmoe.settings import MoESettings
 from mmoe.cli import cli_main
 from mmoe.datamodules.emotion.conversation import collate_conversations
 from mmoe.datamodules import EmotionDataModule
@@ -21,7 +22,8 @@ from mmoe.datamodules.emotion.synthetic import (
 )
 from mmoe.tasks import EmotionTask
 
-SMALL = dict(dim=16, depth=1, fusion_depth=1, num_heads=2, hidden_dim=16, num_experts=4, top_k=2, n_mels=16, patch=8)
+SMALL = dict(dim=16, depth=1, fusion_depth=1, num_heads=2, hidden_dim=16,
+             moe=MoESettings(num_experts=4, top_k=2), n_mels=16, patch=8)
 
 
 def test_synthetic_conversations_carry_their_cues() -> None:

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mmoe.backbone import BlockSpec, MultimodalMoEBackbone
+from mmoe.settings import MoESettings
 from mmoe.datamodules.emotion.conversation import SAMPLE_RATE, num_frames, num_patches
 
 TEXT_VOCAB = 49408  # open_clip BPE vocabulary
@@ -119,10 +120,9 @@ class ConversationEmotionModel(nn.Module):
     """Batch (see :mod:`mmoe.datamodules.emotion.conversation`) -> ``{"logits" [N, C], "expert_logits" [N, X, C],
     "gate" [N, X]}`` over the utterances of the batch; see the module docstring."""
 
-    def __init__(self, num_classes: int, modalities: list[str], dim: int, depth: int, fusion_depth: int,
-                 num_heads: int, hidden_dim: int, num_experts: int, top_k: int, capacity_factor: float | None,
-                 capacity_mode: str, n_mels: int, patch: int, dropout: float, text_encoder: str | None = None,
-                 text_pretrained: str | None = None) -> None:
+    def __init__(self, *, num_classes: int, modalities: list[str], dim: int, depth: int, fusion_depth: int,
+                 num_heads: int, hidden_dim: int, moe: MoESettings, n_mels: int, patch: int, dropout: float,
+                 text_encoder: str | None = None, text_pretrained: str | None = None) -> None:
         super().__init__()
         self.modalities = list(modalities)
         self.experts = self.modalities + (["cross"] if len(self.modalities) == 2 and fusion_depth > 0 else [])
@@ -132,8 +132,7 @@ class ConversationEmotionModel(nn.Module):
             self.text_embed = (OpenCLIPTextTokens(text_encoder, text_pretrained, dim) if text_encoder
                                else nn.Embedding(TEXT_VOCAB, dim, padding_idx=0))
         block = BlockSpec(mixer="attention", mixer_options={"num_heads": num_heads}, hidden_dim=hidden_dim,
-                          num_experts=num_experts, top_k=top_k, capacity_factor=capacity_factor,
-                          capacity_mode=capacity_mode)
+                          **moe.block_fields())
         self.encoder = MultimodalMoEBackbone(self.modalities, dim, [block] * depth, cross_modal_attention=False)
         self.fusion = (MultimodalMoEBackbone(self.modalities, dim, [block] * fusion_depth, positions=False)
                        if "cross" in self.experts else None)

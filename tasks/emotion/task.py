@@ -11,6 +11,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from mmoe.datamodules.emotion.synthetic import UTTERANCE_TYPES
+from mmoe.routers import ROUTERS
+from mmoe.settings import MoESettings, upgrade_legacy_moe
 from mmoe.tasks.base import BaseMoETask, as_config
 from mmoe.tasks.emotion.io import EmotionPreprocess, finish_conversation, prepare_conversation
 from mmoe.tasks.emotion.model import ConversationEmotionModel
@@ -18,6 +20,10 @@ from mmoe.validation import check_choice, check_positive_int
 
 MODALITIES = ("speech", "text")
 LOSSES = ("ce", "focal")
+
+
+#: the recipe's MoE: softmax top-2 of 8 experts, dropless
+EMOTION_MOE = MoESettings(router="softmax", num_experts=8, top_k=2)
 
 
 class EmotionTask(BaseMoETask):
@@ -29,8 +35,10 @@ class EmotionTask(BaseMoETask):
         modalities: ``["speech", "text"]`` or one of them (the ablations).
         dim: token width. depth: unimodal MoE encoder blocks. num_heads: attention heads.
         fusion_depth: cross-modal MoE blocks (0: no cross-modal expert).
-        hidden_dim: expert hidden width. num_experts: experts per MoE layer. top_k: experts per token.
-        capacity_factor: MoE capacity factor (None: dropless). capacity_mode: ``"macs"`` or ``"static"``.
+        hidden_dim: expert hidden width.
+        moe: the MoE settings of every block (:class:`mmoe.settings.MoESettings`); padding tokens never
+            reach the experts, so the router must route each token on its own (not ``nested``, ``sample``
+            or ``soft``).
         n_mels: log-mel bands. patch: log-mel frames per speech token.
         text_encoder: an open_clip model name (e.g. ``"ViT-B-32"``) whose frozen text transformer
             encodes the text tokens; None (default): learned token embeddings.
@@ -51,6 +59,7 @@ class EmotionTask(BaseMoETask):
     preprocess_class = EmotionPreprocess
     #: arguments that make the model read files or the network: never taken from a weights file
     load_forbidden_args = ("text_pretrained",)
+    default_moe = EMOTION_MOE
 
     def __init__(
         self,
@@ -61,10 +70,7 @@ class EmotionTask(BaseMoETask):
         fusion_depth: int = 1,
         num_heads: int = 4,
         hidden_dim: int = 128,
-        num_experts: int = 8,
-        top_k: int = 2,
-        capacity_factor: float | None = None,
-        capacity_mode: Literal["macs", "static"] = "macs",
+        moe: MoESettings = EMOTION_MOE,
         n_mels: int = 64,
         patch: int = 8,
         text_encoder: str | None = None,
@@ -101,13 +107,23 @@ class EmotionTask(BaseMoETask):
         self._names, self._mods = list(names), mods
         super().__init__(aux_loss_weight=aux_loss_weight, log_routing=log_routing)
 
+    @classmethod
+    def upgrade_init_args(cls, init_args: dict[str, Any]) -> dict[str, Any]:
+        return upgrade_legacy_moe(init_args, cls.default_moe)
+
     # ------------------------------------------------------------------ hooks
     def configure_models(self) -> None:
         hp = self.hparams
+        router = ROUTERS.get(self.moe.router)
+        if router is not None and not router.token_level:
+            raise ValueError(f"moe.router: the emotion task removes padding tokens before the experts, so it needs "
+                             f"a router that routes each token on its own; got {self.moe.router!r} (expected one "
+                             f"of {sorted(n for n, r in ROUTERS.items() if r.token_level)})")
         self.model = ConversationEmotionModel(
-            len(self._names), self._mods, hp.dim, hp.depth, hp.fusion_depth, hp.num_heads, hp.hidden_dim,
-            hp.num_experts, hp.top_k, hp.capacity_factor, hp.capacity_mode, hp.n_mels, hp.patch, hp.dropout,
-            hp.text_encoder, hp.text_pretrained)
+            num_classes=len(self._names), modalities=self._mods, dim=hp.dim, depth=hp.depth,
+            fusion_depth=hp.fusion_depth, num_heads=hp.num_heads, hidden_dim=hp.hidden_dim, moe=self.moe,
+            n_mels=hp.n_mels, patch=hp.patch, dropout=hp.dropout, text_encoder=hp.text_encoder,
+            text_pretrained=hp.text_pretrained)
 
     def configure_losses(self) -> None:
         weights = self.hparams.class_weights
