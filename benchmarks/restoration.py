@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "restoration"
 DEFAULT = ["all_in_one_3", "dense_3"]
 #: --smoke: a tiny model and data, 4 steps, at most 2 test samples per degradation (and noise level), 96x96
-SMOKE_MODEL = {"channels": 8, "dim": 16, "depth": 1, "hidden_dim": 16, "experts_per_group": 2}
+SMOKE_MODEL = {"channels": 8, "dim": 16, "depth": 1, "hidden_dim": 16}
 SMOKE_DATA = {"crop_size": 32, "samples_per_epoch": 16, "batch_size": 4, "val_samples": 4}
 SMOKE_STEPS, SMOKE_TEST_PER_KEY, SMOKE_CROP = 4, 2, 96
 SMOKE_SPEED_SIDE, SMOKE_SPEED_RUNS = 512, 1  # --smoke: speed on a 512x512 image, one run after the warm-up

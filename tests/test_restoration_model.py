@@ -7,6 +7,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from mmoe.settings import MoESettings
 from mmoe.tasks.restoration import RestorationPreprocess, RestorationTask, WaveletMoERestorer
 from mmoe.tasks.restoration.io import reflect_pad
 from mmoe.tasks.restoration.metrics import RestorationMetrics, rgb_to_y
@@ -16,7 +17,8 @@ from mmoe.tasks.restoration.model import haar_dwt, haar_idwt
 # later batched LU solves in the same process ("Intel oneMKL ERROR ... DLASWP"; torchmetrics' SDR).
 
 
-SMALL = dict(channels=8, dim=16, depth=2, hidden_dim=16, experts_per_group=3, top_k=1)
+MOE = MoESettings(router="nested_image", groups=3, num_experts=9, top_k=1)
+SMALL = dict(channels=8, dim=16, depth=2, hidden_dim=16, moe=MOE)
 
 
 def small_task(seed: int = 0, **kwargs) -> RestorationTask:
@@ -109,7 +111,7 @@ def test_haar_dwt_is_orthonormal_and_exactly_invertible() -> None:
 @pytest.mark.parametrize("shape", [(1, 3, 16, 16), (3, 3, 48, 80), (3, 3, 16, 16), (1, 3, 48, 16)])
 def test_model_shapes_forward_backward(shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
-    model = WaveletMoERestorer(num_groups=3, **SMALL)
+    model = WaveletMoERestorer(**SMALL)
     x = torch.rand(*shape)
     y = model(x)
     assert y.shape == x.shape and torch.isfinite(y).all()
@@ -129,8 +131,9 @@ def test_dense_baseline_has_equal_active_parameters() -> None:
     """Per token: k routed + the group's shared FFN expert, and one conv expert per image, vs the
     dense FFN of width (k + 1) * hidden and one conv expert; router weights are not counted."""
     for top_k, experts_per_group in ((1, 3), (2, 4)):
-        kw = {**SMALL, "top_k": top_k, "experts_per_group": experts_per_group}
-        moe, dense = WaveletMoERestorer(num_groups=3, **kw), WaveletMoERestorer(num_groups=3, **kw, moe=False)
+        settings = MOE.replace(top_k=top_k, num_experts=3 * experts_per_group)
+        moe = WaveletMoERestorer(**(SMALL | {"moe": settings}))
+        dense = WaveletMoERestorer(**(SMALL | {"moe": settings.replace(dense=True)}))
         total = sum(p.numel() for p in moe.parameters())
         inactive = 0
         for layer in moe.moe_layers():
@@ -148,21 +151,22 @@ def test_dense_baseline_has_equal_active_parameters() -> None:
 
 def test_group_logits_can_be_imposed() -> None:
     torch.manual_seed(0)
-    model = WaveletMoERestorer(num_groups=3, **SMALL).eval()
+    model = WaveletMoERestorer(**SMALL).eval()
     x = torch.rand(2, 3, 16, 16)
     forced = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
     with torch.no_grad():
         model(x, forced)
     for logits in model.group_logits():
         torch.testing.assert_close(logits, forced)
-    groups = model.moe_layers()[0].last_assignment[1].view(2, -1) // SMALL["experts_per_group"]
+    groups = model.moe_layers()[0].last_assignment[1].view(2, -1) // (MOE.num_experts // MOE.groups)
     assert (groups[0] == 0).all() and (groups[1] == 2).all()  # every token in its image's group
     assert all(m.router.forced_logits is None for m in model.moe_layers())  # cleared after the forward
 
 
 def test_capacity_sees_the_band_mix_and_attention_mixer_runs() -> None:
     torch.manual_seed(0)
-    model = WaveletMoERestorer(num_groups=3, **SMALL, capacity_factor=0.5, mixer="attention", num_heads=2)
+    model = WaveletMoERestorer(**(SMALL | {"moe": MOE.replace(capacity_mode="macs", capacity_factor=0.5)}), mixer="attention",
+                               num_heads=2)
     y = model(torch.rand(2, 3, 32, 16))
     assert y.shape == (2, 3, 32, 16) and torch.isfinite(y).all()
     stats = model.moe_layers()[0].stats
@@ -211,8 +215,10 @@ def test_task_forward_pads_full_size_test_images() -> None:
 def test_task_argument_errors() -> None:
     with pytest.raises(ValueError, match="loss"):
         RestorationTask(loss="l2")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="experts_per_group"):
-        RestorationTask(top_k=2, experts_per_group=2)
+    with pytest.raises(ValueError, match="groups: expected a divisor"):
+        RestorationTask(moe=MOE.replace(top_k=2, num_experts=6))
+    with pytest.raises(ValueError, match="moe.router: restoration cannot use router 'softmax'"):
+        RestorationTask(moe=MOE.replace(router="softmax"))
     with pytest.raises(ValueError, match="preprocess.multiple"):
         RestorationTask(preprocess=RestorationPreprocess(multiple=6, tile=48, overlap=8))
     with pytest.raises(ValueError, match="degradation_loss_weight"):

@@ -50,7 +50,8 @@ from mmoe.backbone import BlockSpec, MultimodalMoEBackbone
 from mmoe.mixers import register_mixer
 from mmoe.moe_layer import MoELayer
 from mmoe.routers import NestedRouter, register_router
-from mmoe.validation import check_bool, check_choice, check_number, check_positive_int
+from mmoe.settings import MoESettings, require_router
+from mmoe.validation import check_choice, check_number, check_positive_int
 
 
 # ----------------------------------------------------------------------------- Haar wavelets
@@ -207,6 +208,10 @@ def _blend_weights(start: int, size: int, length: int, overlap: int, device: tor
 
 
 # ------------------------------------------------------------------------------------ model
+#: the recipe's MoE: per image one of 3 groups (3 experts each, the last shared), top-1 inside it
+RESTORATION_MOE = MoESettings(router="nested_image", groups=3, num_experts=9, top_k=1)
+
+
 class WaveletMoERestorer(nn.Module):
     """``[B, 3, H, W]`` in [0, 1] -> restored ``[B, 3, H, W]`` (``x + delta``, not clamped); see the module docstring.
 
@@ -215,41 +220,37 @@ class WaveletMoERestorer(nn.Module):
     :meth:`group_logits` each MoE layer's group logits (for the auxiliary degradation loss).
 
     Args:
-        num_groups: expert groups G, one chosen per image (the degradation types).
+        moe: the MoE settings of the backbone blocks: ``moe.groups`` expert groups G, one chosen per
+            image (the degradation types), by the ``nested_image`` router; ``moe.dense`` gives the dense
+            baseline with the same active parameters per token.
         channels: feature channels at full resolution (twice as many at 1/2).
         dim: token width of the backbone.
         depth: backbone blocks.
         hidden_dim: hidden width of each FFN expert.
-        experts_per_group: FFN experts per group (the last one is the group's shared expert).
-        top_k: routed FFN experts per token inside the group.
         conv_blocks: ConvBlocks per stage (two stages at 1/1 and two at 1/2).
         mixer: backbone token mixer: ``"band_dwconv"`` (local, per band grid) or ``"attention"`` (global).
         num_heads: attention heads (``mixer="attention"``).
         receptive_fields: receptive fields of the high-band conv experts, cycled over the groups.
         drop_path: stochastic-depth rate of the ConvBlocks.
-        capacity_factor: MoE capacity factor (None: dropless).
-        moe: False gives the dense baseline with the same active parameters per token.
     """
 
     #: H and W must be multiples of this (two Haar levels)
     multiple = 4
 
-    def __init__(self, num_groups: int = 3, channels: int = 32, dim: int = 64, depth: int = 2,
-                 hidden_dim: int = 128, experts_per_group: int = 3, top_k: int = 1, conv_blocks: int = 1,
+    def __init__(self, *, moe: MoESettings = RESTORATION_MOE, channels: int = 32, dim: int = 64, depth: int = 2,
+                 hidden_dim: int = 128, conv_blocks: int = 1,
                  mixer: Literal["band_dwconv", "attention"] = "band_dwconv", num_heads: int = 4,
-                 receptive_fields: tuple[int, ...] = (3, 5, 7), drop_path: float = 0.0,
-                 capacity_factor: float | None = None, moe: bool = True) -> None:
+                 receptive_fields: tuple[int, ...] = (3, 5, 7), drop_path: float = 0.0) -> None:
         super().__init__()
-        for name, value in (("num_groups", num_groups), ("channels", channels), ("dim", dim), ("depth", depth),
-                            ("hidden_dim", hidden_dim), ("experts_per_group", experts_per_group),
-                            ("top_k", top_k), ("conv_blocks", conv_blocks), ("num_heads", num_heads)):
+        for name, value in (("channels", channels), ("dim", dim), ("depth", depth), ("hidden_dim", hidden_dim),
+                            ("conv_blocks", conv_blocks), ("num_heads", num_heads)):
             check_positive_int(name, value)
-        if experts_per_group < top_k + 1:
-            raise ValueError(f"experts_per_group: expected >= top_k + 1 = {top_k + 1} (routed + shared), "
-                             f"got {experts_per_group}")
+        require_router(moe, ("nested_image",), "restoration",
+                       "the per-image degradation decision picks the conv experts and is imposed on every tile")
         check_choice("mixer", mixer, ("band_dwconv", "attention"))
         check_number("drop_path", drop_path)
-        self.moe = check_bool("moe", moe)
+        self.dense = moe.dense
+        num_groups = moe.groups
         if not receptive_fields:
             raise ValueError("receptive_fields: expected at least one receptive field, got none")
         c0, c1 = channels, 2 * channels
@@ -263,12 +264,10 @@ class WaveletMoERestorer(nn.Module):
         self.low_in, self.high_in = nn.Conv2d(c1, dim, 1), nn.Conv2d(3 * c1, dim, 1)
         block = BlockSpec(
             mixer=mixer, mixer_options={"num_heads": num_heads} if mixer == "attention" else {},
-            ffn="moe" if moe else "dense", hidden_dim=hidden_dim, num_experts=num_groups * experts_per_group,
-            top_k=top_k, router="nested_image", router_options={"groups": num_groups},
-            capacity_factor=capacity_factor, dense_hidden_dim=(top_k + 1) * hidden_dim)
+            hidden_dim=hidden_dim, dense_hidden_dim=(moe.top_k + 1) * hidden_dim, **moe.block_fields())
         self.backbone = MultimodalMoEBackbone(["low", "high"], dim=dim, blocks=[block] * depth, positions=False)
         self.low_out, self.high_out = nn.Linear(dim, c1), nn.Linear(dim, 3 * c1)
-        fields = [receptive_fields[g % len(receptive_fields)] for g in range(num_groups)] if moe \
+        fields = [receptive_fields[g % len(receptive_fields)] for g in range(num_groups)] if not self.dense \
             else [receptive_fields[len(receptive_fields) // 2]]
         self.high_experts = nn.ModuleList(HighBandExpert(3 * c1, r) for r in fields)
         self.dec1, self.up, self.dec0 = stage(c1), nn.Conv2d(c1, 4 * c0, 1), stage(c0)
@@ -363,7 +362,7 @@ class WaveletMoERestorer(nn.Module):
         tiles = [(i, j) for i in _tile_starts(H, th, overlap, self.multiple)
                  for j in _tile_starts(W, tw, overlap, self.multiple)]
         forced = None
-        if self.moe:
+        if not self.dense:
             total = 0
             for i, j in tiles:
                 self(x[..., i:i + th, j:j + tw])

@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Accuracy
 
+from mmoe.settings import MoESettings, upgrade_legacy_moe
 from mmoe.tasks.base import BaseMoETask
 from mmoe.tasks.restoration.io import RestorationPreprocess, finish_image, prepare_image, reflect_pad
 from mmoe.tasks.restoration.metrics import RestorationMetrics
-from mmoe.tasks.restoration.model import WaveletMoERestorer
-from mmoe.validation import check_bool, check_choice, check_number, check_positive_int
+from mmoe.tasks.restoration.model import RESTORATION_MOE, WaveletMoERestorer
+from mmoe.validation import check_choice, check_number, check_positive_int
 
 #: side of the centre crops shown in the validation figure
 FIGURE_CROP = 96
@@ -37,14 +38,13 @@ class RestorationTask(BaseMoETask):
             links it from the datamodule, a zoo file carries it. None: the 3-task defaults.
         channels: feature channels at full resolution. dim: backbone token width.
         depth: backbone blocks. hidden_dim: hidden width of each FFN expert.
-        num_groups: expert groups, one chosen per image (None: one per degradation type).
-        experts_per_group: FFN experts per group, the last one shared by the group's tokens.
-        top_k: routed FFN experts per token inside the group.
+        moe: the MoE settings (:class:`mmoe.settings.MoESettings`): the ``nested_image`` router picks one
+            of ``moe.groups`` expert groups per image (one per degradation type in the recipes), each
+            group's last expert shared by its tokens; ``moe.dense`` gives the dense baseline with equal
+            active parameters per token.
         conv_blocks: ConvBlocks per stage.
         mixer: backbone token mixer, ``"band_dwconv"`` (local) or ``"attention"`` (global).
         num_heads: attention heads. drop_path: stochastic depth of the ConvBlocks.
-        capacity_factor: MoE capacity factor (None: dropless).
-        moe: False gives the dense baseline with equal active parameters per token.
         loss: ``"l1"`` or ``"charbonnier"`` (eps 1e-3).
         degradation_loss_weight: weight of the auxiliary degradation classification loss.
         crop_border: pixels cut off each side before PSNR/SSIM.
@@ -54,6 +54,7 @@ class RestorationTask(BaseMoETask):
     monitor = "val/psnr"
     mode = "max"
     preprocess_class = RestorationPreprocess
+    default_moe = RESTORATION_MOE
 
     def __init__(
         self,
@@ -62,15 +63,11 @@ class RestorationTask(BaseMoETask):
         dim: int = 64,
         depth: int = 4,
         hidden_dim: int = 128,
-        num_groups: int | None = None,
-        experts_per_group: int = 3,
-        top_k: int = 1,
+        moe: MoESettings = RESTORATION_MOE,
         conv_blocks: int = 1,
         mixer: Literal["band_dwconv", "attention"] = "band_dwconv",
         num_heads: int = 4,
         drop_path: float = 0.0,
-        capacity_factor: float | None = None,
-        moe: bool = True,
         loss: Literal["l1", "charbonnier"] = "l1",
         degradation_loss_weight: float = 0.1,
         crop_border: int = 0,
@@ -78,28 +75,28 @@ class RestorationTask(BaseMoETask):
         log_routing: bool = True,
     ) -> None:
         for name, value in (("channels", channels), ("dim", dim), ("depth", depth), ("hidden_dim", hidden_dim),
-                            ("experts_per_group", experts_per_group), ("top_k", top_k),
                             ("conv_blocks", conv_blocks), ("num_heads", num_heads)):
             check_positive_int(name, value)
-        if num_groups is not None:
-            check_positive_int("num_groups", num_groups)
-        if experts_per_group < top_k + 1:
-            raise ValueError(f"experts_per_group: expected >= top_k + 1 = {top_k + 1} (routed + shared), "
-                             f"got {experts_per_group}")
         check_choice("mixer", mixer, ("band_dwconv", "attention"))
         check_choice("loss", loss, ("l1", "charbonnier"))
-        check_bool("moe", moe)
         check_number("degradation_loss_weight", degradation_loss_weight)
         check_positive_int("crop_border", crop_border, minimum=0)
         if not 0 <= check_number("drop_path", drop_path) < 1:
             raise ValueError(f"drop_path: expected a rate in [0, 1), got {drop_path!r}")
-        if capacity_factor is not None:
-            check_number("capacity_factor", capacity_factor, inclusive=False)
         super().__init__(aux_loss_weight=aux_loss_weight, log_routing=log_routing)
+
+    @classmethod
+    def upgrade_init_args(cls, init_args: dict[str, Any]) -> dict[str, Any]:
+        args = dict(init_args)
+        if "num_groups" in args and args["num_groups"] is None:  # then: one group per degradation type
+            pre = args.get("preprocess")
+            names = pre.get("degradation_names") if isinstance(pre, dict) else None
+            args["num_groups"] = len(names) if isinstance(names, list) and names else cls.default_moe.groups
+        return upgrade_legacy_moe(args, cls.default_moe, groups_key="num_groups", per_group_key="experts_per_group")
 
     @property
     def num_groups(self) -> int:
-        return self.hparams.num_groups or len(self.pre.degradation_names)
+        return self.moe.groups
 
     def configure_models(self) -> None:
         hp, multiple = self.hparams, WaveletMoERestorer.multiple
@@ -107,10 +104,8 @@ class RestorationTask(BaseMoETask):
             raise ValueError(f"preprocess.multiple: expected a multiple of {multiple} (two Haar levels), "
                              f"got {self.pre.multiple}")
         self.model = WaveletMoERestorer(
-            num_groups=self.num_groups, channels=hp.channels, dim=hp.dim, depth=hp.depth,
-            hidden_dim=hp.hidden_dim, experts_per_group=hp.experts_per_group, top_k=hp.top_k,
-            conv_blocks=hp.conv_blocks, mixer=hp.mixer, num_heads=hp.num_heads, drop_path=hp.drop_path,
-            capacity_factor=hp.capacity_factor, moe=hp.moe)
+            moe=self.moe, channels=hp.channels, dim=hp.dim, depth=hp.depth, hidden_dim=hp.hidden_dim,
+            conv_blocks=hp.conv_blocks, mixer=hp.mixer, num_heads=hp.num_heads, drop_path=hp.drop_path)
 
     def configure_metrics(self) -> None:
         names, border = list(self.pre.degradation_names), self.hparams.crop_border
