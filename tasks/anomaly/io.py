@@ -11,9 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmoe.datamodules.anomaly.bmad import to_unit_rgb
+from mmoe.inputs.image import image_layout, read_dicom_series, read_image, to_nhwc
+
 MODALITY_NAMES = ["brain_mri", "ct", "fundus", "histology"]
-_INT_TYPES = (np.uint8, np.uint16, np.int16, np.int32, np.uint32, np.int64)
-_FLOAT_NP = (np.float16, np.float32, np.float64)
 
 
 @dataclass
@@ -46,109 +47,47 @@ class AnomalyPreprocess:
                              f"{self.low_percentile!r}, {self.high_percentile!r}")
 
 
-def read_path(path: str | os.PathLike) -> np.ndarray:
-    """A DICOM file (pydicom) or a PNG/JPEG (PIL) as an array (greyscale ``[H, W]`` or ``[H, W, 3]``)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"images: no such file {str(path)!r}")
-    with open(p, "rb") as f:
-        head = f.read(132)
-    if p.suffix.lower() in (".dcm", ".dicom") or head[128:132] == b"DICM":
-        import pydicom
-
-        try:
-            ds = pydicom.dcmread(p)
-            a = ds.pixel_array
-        except Exception as e:  # unreadable, or compressed without a decoder
-            raise ValueError(f"images: cannot read {str(path)!r} as DICOM pixel data ({e})") from e
-        if a.ndim == 3 and a.shape[-1] != 3:
-            raise ValueError(f"images: {str(path)!r} holds {a.shape[0]} frames; pass one frame as an array")
-        return a
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(p) as img:
-            img.load()
-            if img.mode not in ("L", "RGB", "I;16", "I;16B", "I"):
-                img = img.convert("RGB")
-            return np.asarray(img).copy()
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"images: cannot read {str(path)!r} as an image ({e})") from e
+def read_path(path: str | os.PathLike, name: str = "images") -> np.ndarray:
+    """A file (PNG/JPEG/TIFF/DICOM/NIfTI) or a DICOM series folder as a numpy array in the layout
+    rule of :mod:`mmoe.inputs.image` (volumes and series as slices ``[N, H, W, 1]``)."""
+    if Path(path).is_dir():
+        return read_dicom_series(path, name)
+    return read_image(path, name)
 
 
 def _to_unit(a: np.ndarray, pre: AnomalyPreprocess, name: str) -> np.ndarray:
-    """One image ``[H, W]`` or ``[H, W, 3]`` -> float32 ``[H, W, 3]`` in [0, 1], as the data module does."""
-    if a.dtype == bool or not (a.dtype.type in _INT_TYPES or a.dtype.type in _FLOAT_NP):
-        raise TypeError(f"{name}: expected an integer or float dtype, got {a.dtype}")
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (1, 3, 4)):
-        raise ValueError(f"{name}: expected [H, W] or [H, W, C] with C in (1, 3, 4), got shape {a.shape}")
-    if min(a.shape[:2]) == 0:
-        raise ValueError(f"{name}: expected a non-empty image, got shape {a.shape}")
-    if a.dtype.type in _FLOAT_NP and not np.isfinite(a).all():
-        raise ValueError(f"{name}: contains NaN or inf (shape {a.shape})")
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim == 2:  # greyscale: scanner units differ, percentiles as in training
-        from mmoe.datamodules.anomaly.sources import to_unit_range
-
-        g = to_unit_range(a, pre.low_percentile, pre.high_percentile)
-        return np.repeat(g[..., None], 3, axis=-1)
-    a = a[..., :3]
-    if a.dtype.type in _FLOAT_NP:
-        lo, hi = float(a.min()), float(a.max())
-        if lo < 0 or hi > 1:
-            raise ValueError(f"{name}: expected colour float values in [0, 1], got [{lo:.4g}, {hi:.4g}] "
-                             "(pass 8-bit colour as uint8)")
-        return a.astype(np.float32)
-    return (a.astype(np.float64) / float(np.iinfo(a.dtype).max)).astype(np.float32)
+    """One image ``[H, W, C]`` -> float32 ``[H, W, 3]`` in [0, 1], as the data module does."""
+    return to_unit_rgb(a, name, pre.low_percentile, pre.high_percentile)
 
 
 def _split_batch(images: Any) -> tuple[list[np.ndarray], bool]:
-    """``(list of single images as numpy, batched?)``."""
-    if isinstance(images, (str, os.PathLike)):
-        return [read_path(images)], False
+    """``(list of single images as numpy [H, W, C], batched?)`` under the layout rule of
+    :mod:`mmoe.inputs.image` (numpy channels last, torch channels first, C in 1, 3, 4)."""
+    def images_of(x: Any, name: str) -> tuple[list[np.ndarray], bool]:
+        if isinstance(x, (str, os.PathLike)):
+            x = read_path(x, name)
+        elif isinstance(x, torch.Tensor):
+            x = x.detach().cpu()
+            x = x.float() if x.dtype == torch.bfloat16 else x
+        elif not isinstance(x, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy array, a torch.Tensor, a path or a list of them, "
+                            f"got {type(x).__name__}")
+        layout = image_layout(x, name)
+        nhwc = to_nhwc(x, layout)
+        return [np.asarray(nhwc[i]) for i in range(layout.n)], layout.batched
+
     if isinstance(images, (list, tuple)):
         if not images:
             raise ValueError("images: expected at least one image, got an empty list")
         out = []
         for i, x in enumerate(images):
-            if isinstance(x, (str, os.PathLike)):
-                out.append(read_path(x))
-            elif isinstance(x, torch.Tensor):
-                t = x.detach().cpu()
-                out.append(t.permute(1, 2, 0).numpy() if t.ndim == 3 and t.shape[0] in (1, 3) else t.numpy())
-            elif isinstance(x, np.ndarray):
-                out.append(x)
-            else:
-                raise TypeError(f"images[{i}]: expected an array, a tensor or a path, got {type(x).__name__}")
+            one, batched = images_of(x, f"images[{i}]")
+            if batched:
+                raise ValueError(f"images[{i}]: expected one image in a list, got a batch of {len(one)} "
+                                 "(pass the batch itself, or its images one by one)")
+            out += one
         return out, True
-    if isinstance(images, torch.Tensor):
-        t = images.detach().cpu()
-        if t.dtype == torch.bfloat16:
-            t = t.float()
-        if t.ndim == 2:
-            return [t.numpy()], False
-        if t.ndim == 3:
-            if t.shape[0] in (1, 3):
-                return [t.permute(1, 2, 0).numpy()], False
-            return list(t.numpy()), True  # [N, H, W]
-        if t.ndim == 4:
-            return list(t.permute(0, 2, 3, 1).numpy()), True
-        raise ValueError(f"images: expected a tensor [H, W], [C, H, W], [N, H, W] or [N, C, H, W], "
-                         f"got shape {tuple(t.shape)}")
-    if isinstance(images, np.ndarray):
-        if images.ndim == 2:
-            return [images], False
-        if images.ndim == 3:
-            if images.shape[-1] in (3, 4):
-                return [images], False
-            return list(images), True  # [N, H, W]
-        if images.ndim == 4:
-            return list(images), True
-        raise ValueError(f"images: expected an array [H, W], [H, W, 3], [N, H, W] or [N, H, W, C], "
-                         f"got shape {images.shape}")
-    raise TypeError(f"images: expected a numpy array, a torch.Tensor, a path or a list of them, "
-                    f"got {type(images).__name__}")
+    return images_of(images, "images")
 
 
 def prepare_images(pre: AnomalyPreprocess, images: Any, modality: str | list[str] | None
@@ -166,7 +105,12 @@ def prepare_images(pre: AnomalyPreprocess, images: Any, modality: str | list[str
         t = torch.from_numpy(u).permute(2, 0, 1)[None]
         xs.append(F.interpolate(t, size=(S, S), mode="area") if min(u.shape[:2]) >= S
                   else F.interpolate(t, size=(S, S), mode="bilinear", align_corners=False))
-    mods = [modality] * len(xs) if modality is None or isinstance(modality, str) else list(modality)
+    if modality is None or isinstance(modality, str):
+        mods = [modality] * len(xs)
+    elif isinstance(modality, (list, tuple)) and all(m is None or isinstance(m, str) for m in modality):
+        mods = list(modality)
+    else:
+        raise TypeError(f"modality: expected None, a name or a list of names (one per image), got {modality!r}")
     if len(mods) != len(xs):
         raise ValueError(f"modality: expected one name per image ({len(xs)}), got {len(mods)}")
     ids = []

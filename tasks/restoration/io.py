@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from mmoe.inputs.image import check_float_values, image_layout, read_image, to_nhwc, unit_scale
 
 #: degradation types of the 3-task (first three) and 5-task all-in-one settings, in label order
 DEGRADATIONS_3 = ["denoise", "derain", "dehaze"]
@@ -49,28 +50,11 @@ class RestorationPreprocess:
 
 #: BT.601 luma weights: a restored grayscale image is the luma of the restored RGB
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
-_FLOAT_NP = (np.float16, np.float32, np.float64)
-_FLOAT_TORCH = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode a PNG/JPEG (anything PIL reads) into ``[H, W]``, ``[H, W, 3]`` or ``[H, W, 4]`` uint8 (uint16
-    for 16-bit grayscale PNGs); palette and other modes become RGB, or RGBA when transparent."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"image: no such file {str(path)!r}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode.startswith("I;16"):
-                return np.asarray(img).astype(np.uint16)
-            if img.mode not in ("L", "RGB", "RGBA"):
-                transparent = "A" in img.mode or "transparency" in img.info
-                img = img.convert("RGBA" if transparent else "RGB")
-            return np.asarray(img).copy()
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"image: cannot read {str(path)!r} as an image ({e})") from e
+#: most pixels (all images of one call together) predict restores: tiles bound the model's
+#: activations, but the input, padded input, blended output and weights are full-size float32
+#: buffers, about 60 bytes per pixel at the peak (4096 x 4096: about 1 GB). Larger inputs are
+#: refused (split them, or restore in parts): the memory of a call stays known.
+MAX_PREDICT_PIXELS = 4096 * 4096
 
 
 def reflect_pad(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -90,68 +74,43 @@ def prepare_image(pre: RestorationPreprocess, image: Any) -> tuple[dict[str, Any
     """Check a predict input and bring it to the model's layout: ``({"input": [N, 3, H', W'],
     "tiled": True}, context)`` with H', W' the sides reflect-padded to multiples of ``pre.multiple``.
 
-    ``image``: a numpy array ``[H, W]``, ``[H, W, C]`` or ``[N, H, W, C]`` (channels last); a torch
-    tensor ``[H, W]``, ``[C, H, W]`` or ``[N, C, H, W]`` (channels first); or a path to an image
-    file. C is 1 (grayscale: repeated to RGB, returned as the BT.601 luma of the result), 3 (RGB)
-    or 4 (RGBA: the alpha channel is returned untouched). dtype uint8 (0..255), uint16
-    (0..65535) or float in [0, 1]; NaN/inf and floats outside [0, 1] are refused.
+    ``image``: an array or tensor in the layout rule of :mod:`mmoe.inputs.image` (numpy ``[H, W]``,
+    ``[H, W, C]`` or ``[N, H, W, C]``; torch ``[H, W]``, ``[C, H, W]`` or ``[N, C, H, W]``), or a path
+    to an image file (read by :func:`mmoe.inputs.image.read_image`). C is 1 (grayscale: repeated to
+    RGB, returned as the BT.601 luma of the result), 3 (RGB) or 4 (RGBA: the alpha channel is
+    returned untouched). dtype uint8 (0..255), uint16 (0..65535) or float in [0, 1]; NaN/inf and
+    floats outside [0, 1] are refused, and so are more than :data:`MAX_PREDICT_PIXELS` pixels.
     """
     if isinstance(image, (str, os.PathLike)):
-        image = read_image(image)
+        image = read_image(image, "image", max_pixels=MAX_PREDICT_PIXELS)
     if isinstance(image, np.ndarray):
         kind = "numpy"
-        if image.dtype == np.uint8 or image.dtype == np.uint16:
-            scale = float(np.iinfo(image.dtype).max)
-        elif image.dtype.type in _FLOAT_NP:
-            scale = 1.0
-        else:
-            raise TypeError(f"image: expected dtype uint8, uint16 or float in [0, 1], got {image.dtype}")
-        x = torch.from_numpy(image.astype(np.float64 if image.dtype == np.float64 else np.float32))
-        channels_first = False
     elif isinstance(image, torch.Tensor):
         kind = "torch"
-        if image.dtype == torch.uint8:
-            scale = 255.0
-        elif image.dtype in _FLOAT_TORCH:
-            scale = 1.0
-        else:
-            raise TypeError(f"image: expected dtype uint8 or float in [0, 1], got {image.dtype}")
-        x = image.detach().cpu()
-        x = x.double() if x.dtype == torch.float64 else x.float()
-        channels_first = True
     else:
         raise TypeError(f"image: expected a numpy array, a torch.Tensor or a path, got {type(image).__name__}")
-    shape = tuple(image.shape)
-    layouts = "[H, W], [C, H, W] or [N, C, H, W]" if channels_first else "[H, W], [H, W, C] or [N, H, W, C]"
-    if x.ndim not in (2, 3, 4):
-        raise ValueError(f"image: expected {layouts} with C in (1, 3, 4), got shape {shape}")
-    if x.ndim == 2:
-        x = x[..., None] if not channels_first else x[None]
-    if x.ndim == 3:
-        x = x[None]
-    if channels_first:
-        x = x.permute(0, 2, 3, 1)  # one layout from here on: [N, H, W, C]
-    N, H, W, C = x.shape
-    if C not in (1, 3, 4):
-        raise ValueError(f"image: expected {layouts} with C in (1, 3, 4), got shape {shape}")
-    if min(N, H, W) == 0:
-        raise ValueError(f"image: expected a non-empty image, got shape {shape}")
-    if scale == 1.0:
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"image: contains NaN or inf (shape {shape})")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0 or hi > 1:
-            raise ValueError(f"image: expected float values in [0, 1], got values in [{lo:.4g}, {hi:.4g}] "
-                             "(divide 8-bit data by 255, or pass it as uint8)")
-    alpha = None
-    if C == 4:  # kept aside in the input's own dtype and values, re-attached unchanged
-        alpha = image.detach().reshape(N, C, H, W)[:, 3:] if channels_first else image.reshape(N, H, W, C)[..., 3:]
+    scale = unit_scale(image.dtype, "image")
+    layout = image_layout(image, "image")
+    N, H, W, C = layout.n, layout.h, layout.w, layout.c
+    if N * H * W > MAX_PREDICT_PIXELS:
+        raise ValueError(f"image: {N} x {H} x {W} = {N * H * W} pixels, more than restoration predict's limit of "
+                         f"{MAX_PREDICT_PIXELS} (about 60 bytes per pixel); restore it in parts")
+    check_float_values(image, "image", unit=True)
+    x = to_nhwc(image if kind == "torch" else torch.from_numpy(np.ascontiguousarray(image)), layout)
+    x = x.detach().cpu()
+    alpha = x[..., 3:].clone() if C == 4 else None  # kept aside in the input's own dtype and values
     rgb = x[..., :3].expand(N, H, W, 3) if C == 1 else x[..., :3]
-    rgb = rgb.permute(0, 3, 1, 2).float() / scale
+    wide = str(image.dtype).endswith("float64")  # float64 input is restored and returned in float64
+    rgb = rgb.permute(0, 3, 1, 2).to(torch.float64 if wide else torch.float32)
+    if scale != 1.0:
+        rgb = rgb.div_(scale)  # a fresh tensor here (an integer input was just converted)
     m = pre.multiple
     batch = reflect_pad(rgb.contiguous(), -(-H // m) * m, -(-W // m) * m)
-    context = {"kind": kind, "dtype": image.dtype, "device": getattr(image, "device", None), "ndim": len(shape),
-               "channels": C, "size": (H, W), "scale": scale, "alpha": alpha}
+    if kind == "torch" and alpha is not None:
+        alpha = alpha.permute(0, 3, 1, 2)
+    context = {"kind": kind, "dtype": image.dtype, "device": getattr(image, "device", None), "ndim": image.ndim,
+               "channels": C, "size": (H, W), "scale": scale, "alpha": alpha.numpy() if kind == "numpy"
+               and alpha is not None else alpha}
     return {"input": batch, "tiled": True}, context
 
 
