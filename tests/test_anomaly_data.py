@@ -137,6 +137,40 @@ def test_bmad_reader_camelyon_variant_and_errors(tmp_path: Path) -> None:
         read_bmad(tmp_path / "empty", "val")
 
 
+def test_bmad_refuses_ambiguous_masks_case_twins_and_links_out(tmp_path: Path) -> None:
+    _write_bmad(tmp_path / "two_masks")
+    mask = tmp_path / "two_masks" / "test" / "Ungood" / "label"
+    Image.open(mask / "u0.png").save(mask / "u0.jpg")  # was: the first by sorted name won
+    with pytest.raises(ValueError, match=r"root: image .*u0\.png.* has 2 masks of the same name"):
+        read_bmad(tmp_path / "two_masks", "test")
+    _write_bmad(tmp_path / "twins")
+    (tmp_path / "twins" / "TEST" / "good").mkdir(parents=True)  # empty twin of test/: was picked
+    with pytest.raises(ValueError, match=r"root: .*\['TEST', 'test'\].*letter case"):
+        read_bmad(tmp_path / "twins", "test")
+    _write_bmad(tmp_path / "links")
+    _png(tmp_path / "outside" / "secret.png", np.zeros((20, 24), np.uint8))
+    (tmp_path / "links" / "train" / "good" / "zz.png").symlink_to(tmp_path / "outside" / "secret.png")
+    with pytest.raises(ValueError, match=r"root: .*zz\.png.* leads outside the dataset folder"):
+        read_bmad(tmp_path / "links", "train")
+
+
+def test_bmad_images_read_through_the_shared_reader(tmp_path: Path) -> None:
+    import cv2
+
+    from mmoe.datamodules.anomaly import bmad
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(ValueError, match=r"root: cannot read .*bad\.png"):  # was: UnidentifiedImageError
+        bmad.read_image(str(bad))
+    rgb16 = (np.random.default_rng(0).random((10, 12, 3)) * 65535).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "c16.png"), rgb16[..., ::-1])
+    np.testing.assert_allclose(bmad.read_image(str(tmp_path / "c16.png")), rgb16 / 65535, atol=1e-6)
+    neg = np.full((10, 12, 3), -3, np.int16)
+    with pytest.raises(TypeError, match="expected dtype uint8, uint16 or float"):
+        bmad.to_unit_rgb(neg, "root")
+
+
 def test_datamodule_reads_bmad(tmp_path: Path) -> None:
     _write_bmad(tmp_path / "brain")
     _write_bmad(tmp_path / "cam", img_dir=False, masks=False)

@@ -319,7 +319,7 @@ def test_promptir_errors(tmp_path):
     with pytest.raises(ValueError, match="Train/Dehaze"):
         dm.setup()
     (root / "Train/Denoise/bad.png").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match=r"^root: cannot read image .*bad\.png"):
+    with pytest.raises(ValueError, match=r"^root: cannot read .*bad\.png"):
         R.read_image(root / "Train/Denoise/bad.png")
     (root / "test/denoise/bsd68/x.png").unlink()
     with pytest.raises(ValueError, match=r"^root: no images .*bsd68"):
@@ -356,3 +356,38 @@ def test_paired_folder(tmp_path):
     shutil.rmtree(tmp_path / "test/target")
     with pytest.raises(ValueError, match=r"^root: expected folder .*test/target"):
         R.read_paired(tmp_path / "test", "deblur")
+
+
+def test_readers_refuse_links_out_of_the_root(tmp_path):
+    root = _promptir(tmp_path / "data")
+    _image(tmp_path / "elsewhere" / "secret.png", 9)
+    (root / "Train/Derain/gt/norain-3.png").symlink_to(tmp_path / "elsewhere" / "secret.png")
+    with pytest.raises(ValueError, match=r"^root: .*norain-3\.png.* leads outside the dataset folder"):
+        R.read_promptir_train(root, ["derain"])
+    _paired(tmp_path / "paired", ["a.png"], 0)
+    (tmp_path / "paired/input/b.png").symlink_to(tmp_path / "elsewhere" / "secret.png")
+    with pytest.raises(ValueError, match=r"^root: .*b\.png.* leads outside"):
+        R.read_paired(tmp_path / "paired", "deblur")
+    # a link inside the dataset is fine
+    (tmp_path / "paired/input/b.png").unlink()
+    (tmp_path / "paired/input/b.png").symlink_to(tmp_path / "paired/input/a.png")
+    _image(tmp_path / "paired/target/b.png", 3)
+    assert len(R.read_paired(tmp_path / "paired", "deblur")) == 2
+
+
+def test_read_image_keeps_16_bits_and_refuses_what_is_not_an_image_pair(tmp_path):
+    import cv2
+    import tifffile
+
+    rgb16 = (np.random.default_rng(0).random((10, 12, 3)) * 65535).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "c16.png"), rgb16[..., ::-1])
+    np.testing.assert_allclose(R.read_image(tmp_path / "c16.png"), rgb16 / 65535, atol=1e-6)  # was: 8 bits
+    f = np.random.default_rng(1).random((10, 12)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "f.tif", f)
+    np.testing.assert_array_equal(R.read_image(tmp_path / "f.tif"), np.repeat(f[..., None], 3, -1))  # was: black
+    tifffile.imwrite(tmp_path / "big.tif", f * 300)
+    with pytest.raises(ValueError, match=r"^root: .*big\.tif.*expected float values in \[0, 1\]"):
+        R.read_image(tmp_path / "big.tif")
+    Image.fromarray(np.full((4, 4), -7, np.int32), mode="I").save(tmp_path / "i.tif")
+    with pytest.raises(ValueError, match=r"^root: .*i\.tif.*expected dtype uint8, uint16 or float"):
+        R.read_image(tmp_path / "i.tif")

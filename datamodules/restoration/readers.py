@@ -27,7 +27,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from mmoe.inputs.image import IMAGE_SUFFIXES, inside_root, to_unit_float
+from mmoe.inputs.image import read_image as read_image_file
+
+IMAGE_EXTENSIONS: tuple[str, ...] = IMAGE_SUFFIXES
 PROMPTIR_DEGRADATIONS: tuple[str, ...] = ("denoise", "derain", "dehaze")
 
 
@@ -50,16 +53,20 @@ class Record(NamedTuple):
 
 
 def read_image(path: str | Path, arg: str = "root") -> np.ndarray:
-    """float32 ``[H, W, 3]`` in [0, 1] (greyscale and palette images converted to RGB, alpha
-    dropped). An unreadable file raises ValueError naming ``arg`` and the path."""
-    from PIL import Image  # here: only the real-data readers need PIL
-
+    """float32 ``[H, W, 3]`` in [0, 1] through :func:`mmoe.inputs.image.read_image` (8/16-bit kept,
+    greyscale repeated to RGB, alpha dropped; the pixel cap read from the header). An unreadable,
+    oversized or multi-frame file, or a dtype other than uint8/uint16/float in [0, 1], raises
+    ValueError naming ``arg`` and the path."""
+    a = read_image_file(path, arg)
+    if a.ndim == 3 and a.shape[-1] in (1, 3, 4):
+        a = a[..., 0] if a.shape[-1] == 1 else a[..., :3]
+    elif a.ndim != 2:
+        raise ValueError(f"{arg}: {str(path)!r} holds an array of shape {a.shape}; expected one image")
     try:
-        with Image.open(path) as im:
-            pixels = np.asarray(im.convert("RGB"))
-    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ... on bad files
-        raise ValueError(f"{arg}: cannot read image {str(path)!r} ({type(e).__name__}: {e})") from None
-    return pixels.astype(np.float32) / 255.0
+        unit = to_unit_float(a, f"{arg}: {str(path)!r}")
+    except TypeError as e:  # e.g. a 32-bit integer TIFF: not an image a restoration pair can hold
+        raise ValueError(str(e)) from None
+    return np.repeat(unit[..., None], 3, axis=-1) if unit.ndim == 2 else unit
 
 
 def _folder(root: Path, relative: str, arg: str) -> Path:
@@ -69,22 +76,25 @@ def _folder(root: Path, relative: str, arg: str) -> Path:
     return path
 
 
-def list_images(folder: Path, arg: str, recursive: bool = False) -> list[Path]:
-    """Image files (by extension, case-insensitive; hidden files skipped) in ``folder``, sorted."""
+def list_images(folder: Path, arg: str, recursive: bool = False, root: Path | None = None) -> list[Path]:
+    """Image files (by extension, case-insensitive; hidden files skipped) in ``folder``, sorted; a
+    file whose links lead outside ``root`` (default ``folder``) is refused."""
     files = folder.rglob("*") if recursive else folder.iterdir()
     images = sorted(p for p in files if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                     and not p.name.startswith("."))
     if not images:
         raise ValueError(f"{arg}: no images ({'/'.join(IMAGE_EXTENSIONS)}) in {str(folder)!r}")
+    for p in images:
+        inside_root(p, folder if root is None else root, arg)
     return images
 
 
 def _match(inputs: list[Path], target_dir: Path, candidates: Callable[[Path], list[str]],
-           arg: str) -> list[tuple[Path, Path]]:
+           arg: str, root: Path) -> list[tuple[Path, Path]]:
     """Pair every input with the first target whose stem is in ``candidates(input)``, preferring
     the input's own extension; raise naming the first input without a partner."""
     by_stem: dict[str, list[Path]] = {}
-    for p in list_images(target_dir, arg):
+    for p in list_images(target_dir, arg, root=root):
         by_stem.setdefault(p.stem, []).append(p)
     pairs, missing = [], []
     for src in inputs:
@@ -135,15 +145,15 @@ def read_promptir_train(root: str | Path, degradations: list[str], arg: str = "r
     root = Path(root)
     records: list[Record] = []
     if "denoise" in degradations:
-        for p in list_images(_folder(root, "Train/Denoise", arg), arg, recursive=True):
+        for p in list_images(_folder(root, "Train/Denoise", arg), arg, recursive=True, root=root):
             records.append(Record(str(p), str(p), "denoise", {"add_noise": True}))
     if "derain" in degradations:
-        rainy = list_images(_folder(root, "Train/Derain/rainy", arg), arg)
-        for src, tgt in _match(rainy, _folder(root, "Train/Derain/gt", arg), _rain_targets, arg):
+        rainy = list_images(_folder(root, "Train/Derain/rainy", arg), arg, root=root)
+        for src, tgt in _match(rainy, _folder(root, "Train/Derain/gt", arg), _rain_targets, arg, root):
             records.append(Record(str(src), str(tgt), "derain", {}))
     if "dehaze" in degradations:
-        hazy = list_images(_folder(root, "Train/Dehaze/synthetic", arg), arg, recursive=True)
-        for src, tgt in _match(hazy, _folder(root, "Train/Dehaze/original", arg), _haze_targets, arg):
+        hazy = list_images(_folder(root, "Train/Dehaze/synthetic", arg), arg, recursive=True, root=root)
+        for src, tgt in _match(hazy, _folder(root, "Train/Dehaze/original", arg), _haze_targets, arg, root):
             records.append(Record(str(src), str(tgt), "dehaze", _haze_extra(src)))
     return records
 
@@ -164,14 +174,14 @@ def read_promptir_test(root: str | Path, degradations: list[str], arg: str = "ro
         if not sets:
             raise ValueError(f"{arg}: expected one folder per test set (e.g. bsd68) in {str(root / 'test/denoise')!r}")
         for folder in sets:
-            for p in list_images(folder, arg):
+            for p in list_images(folder, arg, root=root):
                 records.append(Record(str(p), str(p), "denoise", {"add_noise": True, "set": folder.name}))
     for name, relative, targets in (("derain", "test/derain/Rain100L", _rain_targets),
                                     ("dehaze", "test/dehaze", _haze_targets)):
         if name in degradations:
             folder = _folder(root, relative, arg)
-            inputs = list_images(_folder(folder, "input", arg), arg)
-            for src, tgt in _match(inputs, _folder(folder, "target", arg), targets, arg):
+            inputs = list_images(_folder(folder, "input", arg), arg, root=root)
+            for src, tgt in _match(inputs, _folder(folder, "target", arg), targets, arg, root):
                 extra = {"set": Path(relative).name} | (_haze_extra(src) if name == "dehaze" else {})
                 records.append(Record(str(src), str(tgt), name, extra))
     return records
@@ -187,6 +197,6 @@ def read_paired(folder: str | Path, degradation: str, arg: str = "root") -> list
         arg: argument name used in error messages.
     """
     folder = Path(folder)
-    inputs = list_images(_folder(folder, "input", arg), arg)
-    pairs = _match(inputs, _folder(folder, "target", arg), lambda p: [p.stem], arg)
+    inputs = list_images(_folder(folder, "input", arg), arg, root=folder)
+    pairs = _match(inputs, _folder(folder, "target", arg), lambda p: [p.stem], arg, folder)
     return [Record(str(src), str(tgt), degradation, {}) for src, tgt in pairs]
