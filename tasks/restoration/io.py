@@ -131,7 +131,7 @@ def finish_image(pre: RestorationPreprocess, output: dict[str, Any], context: di
     if context["kind"] == "torch":
         y = y.permute(0, 3, 1, 2)  # back to channels first
     if scale != 1.0:
-        y = (y * scale).round()
+        y = y.mul_(scale).round_()  # in place: y is the fresh clamped copy (full-size buffers add up)
     if context["kind"] == "numpy":
         out: Any = y.numpy().astype(context["dtype"])
         if C == 4:
