@@ -246,7 +246,8 @@ def read_dicom_series(folder: str | os.PathLike, name: str = "image", *, max_pix
         inside_root(f, root, name)
         h = _dicom_header(f, name)
         if "Rows" not in h or "Columns" not in h or int(getattr(h, "NumberOfFrames", 1) or 1) != 1:
-            raise ValueError(f"{name}: {str(f)!r} is not a single-frame DICOM image; a series folder holds one slice per file")
+            raise ValueError(f"{name}: {str(f)!r} is not a single-frame DICOM image; "
+                             "a series folder holds one slice per file")
         total += _dicom_pixels(h)
         check_pixels(total, name, folder, max_pixels, f" (Rows x Columns over {len(heads) + 1} slices so far)")
         heads.append((f, h))
