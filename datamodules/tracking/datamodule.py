@@ -46,6 +46,7 @@ from tqdm import tqdm
 from mmoe.datamodules.tracking import readers
 from mmoe.datamodules.tracking.crops import crop_around
 from mmoe.datamodules.tracking.synthetic import ATTRIBUTES, MODALITIES, render_sequence
+from mmoe.inputs.video import image_size, read_image
 from mmoe.sampling import EpochSampler
 from mmoe.validation import check_choice, check_number, check_positive_int
 
@@ -69,27 +70,41 @@ class TrackSequence:
         modality: the X modality or None.
         attributes: per-frame bool arrays by name.
         depth_range_mm: depth that maps to 1 (real 16-bit depth).
+        size: ``(H, W)`` every frame on disk must have (RGB and X alike: crops of both use the same
+            box); None takes the first RGB frame's.
     """
 
     def __init__(self, name: str, boxes: np.ndarray, present: np.ndarray, frames: np.ndarray | list[str],
                  x: np.ndarray | list[str] | None, modality: str | None,
-                 attributes: dict[str, np.ndarray] | None = None, depth_range_mm: float = 10000.0) -> None:
+                 attributes: dict[str, np.ndarray] | None = None, depth_range_mm: float = 10000.0,
+                 size: tuple[int, int] | None = None) -> None:
         self.name, self.boxes, self.present = name, boxes, present
         self.frames, self.x, self.modality = frames, x, modality
         self.attributes = attributes or {}
         self.depth_range_mm = depth_range_mm
+        self.size = size
 
     def __len__(self) -> int:
         return len(self.boxes)
+
+    def _read(self, path: str, what: str) -> np.ndarray:
+        """One frame file, refused unless it has the sequence's size (the first RGB frame's)."""
+        a = read_image(path, "root")
+        if self.size is None:
+            self.size = image_size(self.frames[0], "root")
+        if a.shape[:2] != self.size:
+            raise ValueError(f"root: sequence {self.name!r}: {what} frame {path!r} is {a.shape[1]}x{a.shape[0]}, "
+                             f"expected the RGB frames' {self.size[1]}x{self.size[0]} (width x height)")
+        return a
 
     def rgb(self, i: int) -> np.ndarray:
         """uint8 ``[H, W, 3]``."""
         if isinstance(self.frames, np.ndarray):
             return self.frames[i]
-        from PIL import Image
-
-        with Image.open(self.frames[i]) as im:
-            return np.asarray(im.convert("RGB"))
+        a = self._read(self.frames[i], "RGB")
+        if a.dtype != np.uint8:
+            raise ValueError(f"root: sequence {self.name!r}: RGB frame {self.frames[i]!r} is 16-bit, expected 8-bit")
+        return np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a
 
     def x_frame(self, i: int) -> np.ndarray | None:
         """float32 ``[H, W]`` in [0, 1], or None."""
@@ -97,11 +112,8 @@ class TrackSequence:
             return None
         if isinstance(self.x, np.ndarray):
             return self.x[i].astype(np.float32) / 255.0
-        from PIL import Image
-
-        with Image.open(self.x[i]) as im:
-            a = np.asarray(im)
-        if a.dtype == np.uint16 or a.dtype == np.int32:  # 16-bit depth in millimetres
+        a = self._read(self.x[i], "X")
+        if a.dtype == np.uint16:  # 16-bit depth in millimetres
             return np.clip(a.astype(np.float32) / self.depth_range_mm, 0, 1)
         a = a.astype(np.float32) / 255.0
         return a.mean(2) if a.ndim == 3 else a
@@ -219,7 +231,13 @@ def _read_real(dataset: str, root: str, split: Literal["train", "test"]) -> list
         if s.annotated < len(s.frames):
             raise ValueError(f"root: sequence {s.name!r} has boxes for {s.annotated} of {len(s.frames)} frames "
                              f"(GOT-10k's test split); training and scoring need every frame annotated")
-        out.append(TrackSequence(s.name, s.boxes, s.present, s.frames, s.x_frames, s.modality))
+        # X must be registered to RGB (crops of both use one box): sizes checked here from the headers
+        # of the first frames, and on every frame as it is read
+        size = image_size(s.frames[0], "root")
+        if s.x_frames is not None and (x_size := image_size(s.x_frames[0], "root")) != size:
+            raise ValueError(f"root: sequence {s.name!r}: {s.modality} frames are {x_size[1]}x{x_size[0]}, RGB frames "
+                             f"{size[1]}x{size[0]} (width x height); X must have the RGB frames' size")
+        out.append(TrackSequence(s.name, s.boxes, s.present, s.frames, s.x_frames, s.modality, size=size))
     return out
 
 

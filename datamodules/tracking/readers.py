@@ -15,23 +15,33 @@ Layouts (``root`` is the folder that holds the sequences, or the listed files)::
     GOT-10k (RGB only)          list.txt (sequence names), <seq>/%08d.jpg, groundtruth.txt,
                                 absence.label (1 = absent per frame), cover.label (0..8 visible tenths)
 
-Frame files are sorted by name (LasHeR's names differ between sequences and between its two
-modalities, so what is there is listed, not a pattern). Box files hold ``x, y, w, h`` per line
-separated by commas, tabs or spaces; a box that is not finite or has ``w <= 0`` or ``h <= 0``
-marks the target absent in that frame. A GOT-10k test sequence has only the first box: the
-other rows are NaN and ``annotated`` is 1. Every problem (a missing folder or file, counts that
-differ, an unreadable line) raises ValueError naming ``root`` and the path.
+Frame files are listed in natural order (``2.jpg`` before ``10.jpg``; LasHeR's names differ
+between sequences and between its two modalities, so what is there is listed, not a pattern).
+Box files hold ``x, y, w, h`` per line separated by commas (every field filled), tabs or spaces;
+a box that is not finite or has ``w <= 0`` or ``h <= 0`` marks the target absent in that frame.
+Label files hold integers from 0 to 255. A GOT-10k test sequence has only the first box: the
+other rows are NaN and ``annotated`` is 1. Annotation files are UTF-8 text of at most 64 MiB.
+Nothing outside ``root`` is read: a sequence folder, frame or annotation file that is a link
+leading out of it is refused. Every problem (a missing folder or file, counts that differ, an
+unreadable line) raises ValueError naming ``root`` and the path; errors never quote a file's
+content.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 import numpy as np
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
+from mmoe.inputs.video import list_images, natural_key
+
 Modality = Literal["thermal", "depth", "event"]
+#: the largest annotation file read (LaSOT's longest box file is well under 1 MiB)
+MAX_TEXT_BYTES = 64 * 2**20
+#: label values (GOT-10k's cover.label goes to 8; the others are 0/1)
+MAX_LABEL = 255
 
 
 class Sequence(NamedTuple):
@@ -56,54 +66,81 @@ class Sequence(NamedTuple):
     annotated: int
 
 
-def _dir(path: Path, what: str) -> Path:
+def _inside(path: Path, root: Path | None) -> Path:
+    """``path``, refused when it resolves (links followed) outside ``root``."""
+    if root is not None and not path.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"root: {str(path)!r} leads outside the dataset root {str(root)!r} (a link); refused")
+    return path
+
+
+def _dir(path: Path, what: str, root: Path | None = None) -> Path:
     if not path.is_dir():
         raise ValueError(f"root: expected folder {str(path)!r} ({what}), but it does not exist")
-    return path
+    return _inside(path, root)
 
 
-def _file(path: Path, what: str) -> Path:
+def _file(path: Path, what: str, root: Path | None = None) -> Path:
     if not path.is_file():
         raise ValueError(f"root: expected file {str(path)!r} ({what}), but it does not exist")
-    return path
+    return _inside(path, root)
 
 
-def list_frames(folder: Path) -> list[str]:
-    """Image files in ``folder`` (by extension, case-insensitive, hidden files skipped), sorted by name."""
-    _dir(folder, "a frame folder")
-    frames = sorted(str(p) for p in folder.iterdir()
-                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-    if not frames:
-        raise ValueError(f"root: no frames ({'/'.join(IMAGE_EXTENSIONS)}) in {str(folder)!r}")
-    return frames
+def _read_text(path: Path, what: str, root: Path | None = None) -> str:
+    """A UTF-8 annotation file inside ``root``, at most ``MAX_TEXT_BYTES``."""
+    size = _file(path, what, root).stat().st_size
+    if size > MAX_TEXT_BYTES:
+        raise ValueError(f"root: {str(path)!r} ({what}) has {size} bytes, more than the {MAX_TEXT_BYTES} read")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"root: {str(path)!r} ({what}) is not UTF-8 text (byte {e.start})") from None
 
 
-def read_boxes(path: Path) -> np.ndarray:
-    """``[N, 4]`` float64 boxes of a box file (one ``x, y, w, h`` per line; commas, tabs or spaces)."""
+def list_frames(folder: Path, root: Path | None = None) -> list[str]:
+    """Image files in ``folder`` (by extension, case-insensitive, hidden files skipped) in natural
+    order; with ``root``, the folder and every linked frame must lie inside it."""
+    _dir(folder, "a frame folder", root)
+    return [str(p) for p in list_images(folder, "root", within=root)]
+
+
+def read_boxes(path: Path, root: Path | None = None) -> np.ndarray:
+    """``[N, 4]`` float64 boxes of a box file: one ``x, y, w, h`` per line, separated by commas
+    (every field filled) or by tabs or spaces."""
     rows = []
-    for i, line in enumerate(_file(path, "a box file").read_text().splitlines(), start=1):
+    for i, line in enumerate(_read_text(path, "a box file", root).splitlines(), start=1):
         if not line.strip():
             continue
-        fields = line.replace(",", " ").split()
-        try:
-            values = [float(v) for v in fields]
-        except ValueError:
-            values = []
-        if len(values) != 4:
-            raise ValueError(f"root: {str(path)!r} line {i}: expected 4 numbers x, y, w, h, got {line.strip()[:80]!r}")
-        rows.append(values)
+        fields = [f.strip() for f in line.split(",")] if "," in line else line.split()
+        problem = None
+        if len(fields) != 4:
+            problem = f"{len(fields)} fields"
+        elif not all(fields):
+            problem = f"field {fields.index('') + 1} empty"
+        else:
+            try:
+                rows.append([float(v) for v in fields])
+            except ValueError:
+                problem = "a field that is not a number"
+        if problem:  # the line itself is not quoted: the file may not be what its name says
+            raise ValueError(f"root: {str(path)!r} line {i}: expected 4 numbers x, y, w, h separated by commas, "
+                             f"tabs or spaces, got {problem}")
     if not rows:
         raise ValueError(f"root: {str(path)!r} holds no boxes")
     return np.asarray(rows, dtype=np.float64)
 
 
-def read_flags(path: Path) -> np.ndarray:
-    """Integer flags of a label file: one per line, or one comma-separated line (LaSOT)."""
-    text = _file(path, "a label file").read_text().replace(",", " ").split()
-    try:
-        return np.asarray([int(float(v)) for v in text], dtype=np.int64)
-    except ValueError:
-        raise ValueError(f"root: {str(path)!r}: expected integer labels, got {' '.join(text)[:80]!r}") from None
+def read_flags(path: Path, root: Path | None = None) -> np.ndarray:
+    """Integer flags (0 to ``MAX_LABEL``) of a label file: one per line, or one comma-separated line (LaSOT)."""
+    out = []
+    for k, v in enumerate(_read_text(path, "a label file", root).replace(",", " ").split(), start=1):
+        try:
+            f = float(v)  # "1.0" is 1; "0.7", "inf" and "1e30" are refused below
+        except ValueError:
+            f = math.nan
+        if not (f.is_integer() and 0 <= f <= MAX_LABEL):
+            raise ValueError(f"root: {str(path)!r} value {k}: expected integer labels from 0 to {MAX_LABEL}")
+        out.append(int(f))
+    return np.asarray(out, dtype=np.int64)
 
 
 def box_present(boxes: np.ndarray) -> np.ndarray:
@@ -118,34 +155,35 @@ def _same_length(path: Path, n: int, unit: str = "frames", **counts: int) -> Non
 
 
 def _sequences(root: Path, names: list[str] | None, marker: str) -> list[Path]:
-    """The sequence folders: the ``names`` given, or every subfolder of ``root`` holding ``marker``."""
+    """The sequence folders: the ``names`` given, or every subfolder of ``root`` holding ``marker``
+    (natural order); each must lie inside ``root``."""
     _dir(root, "the dataset root")
     if names is not None:
-        return [_dir(root / n, f"sequence {n!r} from the list") for n in names]
-    found = sorted(p for p in root.iterdir() if p.is_dir() and (p / marker).exists())
+        return [_dir(root / n, f"sequence {n!r} from the list", root) for n in names]
+    found = sorted((p for p in root.iterdir() if p.is_dir() and (p / marker).exists()), key=lambda p: natural_key(p.name))
     if not found:
         raise ValueError(f"root: no sequences (folders with {marker!r}) in {str(root)!r}")
-    return found
+    return [_inside(p, root) for p in found]
 
 
-def _read_list(path: Path) -> list[str]:
-    names = [line.strip() for line in _file(path, "a sequence list").read_text().splitlines() if line.strip()]
+def _read_list(path: Path, root: Path) -> list[str]:
+    names = [line.strip() for line in _read_text(path, "a sequence list", root).splitlines() if line.strip()]
     if not names:
         raise ValueError(f"root: {str(path)!r} lists no sequences")
-    for n in names:  # a list file must not lead the reader out of the dataset
+    for i, n in enumerate(names, start=1):  # a list file must not lead the reader out of the dataset
         if "/" in n or "\\" in n or n in (".", ".."):
-            raise ValueError(f"root: {str(path)!r} names {n!r}, expected a plain sequence folder name")
+            raise ValueError(f"root: {str(path)!r} entry {i} is a path, expected a plain sequence folder name")
     return names
 
 
 def read_lasher(root: str | Path) -> list[Sequence]:
     """LasHeR (RGB + thermal): every ``<seq>/`` with ``visible/`` and ``infrared/``; boxes from
     ``visible.txt`` (``infrared.txt`` must have as many rows; the two are aligned in LasHeR)."""
-    out = []
-    for seq in _sequences(Path(root), None, "visible"):
-        rgb, tir = list_frames(seq / "visible"), list_frames(seq / "infrared")
-        boxes = read_boxes(seq / "visible.txt")
-        ir_boxes = read_boxes(seq / "infrared.txt")
+    root, out = Path(root), []
+    for seq in _sequences(root, None, "visible"):
+        rgb, tir = list_frames(seq / "visible", root), list_frames(seq / "infrared", root)
+        boxes = read_boxes(seq / "visible.txt", root)
+        ir_boxes = read_boxes(seq / "infrared.txt", root)
         _same_length(seq, len(rgb), **{"infrared frames": len(tir), "visible.txt boxes": len(boxes),
                                                  "infrared.txt boxes": len(ir_boxes)})
         out.append(Sequence(seq.name, rgb, tir, "thermal", boxes, box_present(boxes), len(boxes)))
@@ -154,10 +192,10 @@ def read_lasher(root: str | Path) -> list[Sequence]:
 
 def read_depthtrack(root: str | Path) -> list[Sequence]:
     """DepthTrack (RGB + 16-bit depth): every ``<seq>/`` with ``color/``, ``depth/`` and ``groundtruth.txt``."""
-    out = []
-    for seq in _sequences(Path(root), None, "color"):
-        rgb, depth = list_frames(seq / "color"), list_frames(seq / "depth")
-        boxes = read_boxes(seq / "groundtruth.txt")
+    root, out = Path(root), []
+    for seq in _sequences(root, None, "color"):
+        rgb, depth = list_frames(seq / "color", root), list_frames(seq / "depth", root)
+        boxes = read_boxes(seq / "groundtruth.txt", root)
         _same_length(seq, len(rgb), **{"depth frames": len(depth), "boxes": len(boxes)})
         out.append(Sequence(seq.name, rgb, depth, "depth", boxes, box_present(boxes), len(boxes)))
     return out
@@ -170,10 +208,10 @@ def read_visevent(root: str | Path, split: Literal["train", "test"] = "test") ->
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     root = Path(root)
     out = []
-    for seq in _sequences(root, _read_list(root / f"{split}list.txt"), "vis_imgs"):
-        rgb, events = list_frames(seq / "vis_imgs"), list_frames(seq / "event_imgs")
-        boxes = read_boxes(seq / "groundtruth.txt")
-        label = read_flags(seq / "absent_label.txt")
+    for seq in _sequences(root, _read_list(root / f"{split}list.txt", root), "vis_imgs"):
+        rgb, events = list_frames(seq / "vis_imgs", root), list_frames(seq / "event_imgs", root)
+        boxes = read_boxes(seq / "groundtruth.txt", root)
+        label = read_flags(seq / "absent_label.txt", root)
         _same_length(seq, len(rgb), **{"event frames": len(events), "boxes": len(boxes),
                                                    "absent labels": len(label)})
         out.append(Sequence(seq.name, rgb, events, "event", boxes, box_present(boxes) & (label == 1), len(boxes)))
@@ -185,14 +223,17 @@ def read_lasot(root: str | Path, classes: list[str] | None = None) -> list[Seque
     target is absent where ``full_occlusion.txt`` or ``out_of_view.txt`` says 1."""
     root = Path(root)
     _dir(root, "the dataset root")
-    class_dirs = [_dir(root / c, f"class {c!r}") for c in classes] if classes is not None else \
-        sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = [_dir(root / c, f"class {c!r}", root) for c in classes] if classes is not None else \
+        [_inside(p, root) for p in sorted(root.iterdir(), key=lambda p: natural_key(p.name))
+         if p.is_dir() and not p.name.startswith(".")]
     out = []
     for class_dir in class_dirs:
-        for seq in sorted(p for p in class_dir.iterdir() if p.is_dir() and (p / "img").is_dir()):
-            rgb = list_frames(seq / "img")
-            boxes = read_boxes(seq / "groundtruth.txt")
-            occluded, out_of_view = read_flags(seq / "full_occlusion.txt"), read_flags(seq / "out_of_view.txt")
+        for seq in sorted((p for p in class_dir.iterdir() if p.is_dir() and (p / "img").is_dir()),
+                          key=lambda p: natural_key(p.name)):
+            rgb = list_frames(_inside(seq, root) / "img", root)
+            boxes = read_boxes(seq / "groundtruth.txt", root)
+            occluded = read_flags(seq / "full_occlusion.txt", root)
+            out_of_view = read_flags(seq / "out_of_view.txt", root)
             _same_length(seq, len(rgb), **{"boxes": len(boxes), "full_occlusion flags": len(occluded),
                                                     "out_of_view flags": len(out_of_view)})
             present = box_present(boxes) & (occluded == 0) & (out_of_view == 0)
@@ -208,9 +249,9 @@ def read_got10k(root: str | Path) -> list[Sequence]:
     the test split has only the first box."""
     root = Path(root)
     out = []
-    for seq in _sequences(root, _read_list(root / "list.txt"), "groundtruth.txt"):
-        rgb = list_frames(seq)
-        boxes = read_boxes(seq / "groundtruth.txt")
+    for seq in _sequences(root, _read_list(root / "list.txt", root), "groundtruth.txt"):
+        rgb = list_frames(seq, root)
+        boxes = read_boxes(seq / "groundtruth.txt", root)
         annotated = len(boxes)
         if annotated == 1 and len(rgb) > 1:  # test split: the initial box only
             boxes = np.vstack([boxes, np.full((len(rgb) - 1, 4), np.nan)])
@@ -218,7 +259,7 @@ def read_got10k(root: str | Path) -> list[Sequence]:
         present = box_present(boxes)
         for label, absent_when in (("absence.label", lambda v: v == 1), ("cover.label", lambda v: v == 0)):
             if (seq / label).exists():  # cover 0: no visible part (fully occluded)
-                flags = read_flags(seq / label)
+                flags = read_flags(seq / label, root)
                 _same_length(seq, annotated, "annotated frames", **{f"{label} flags": len(flags)})
                 present[:annotated] &= ~absent_when(flags)
         out.append(Sequence(seq.name, rgb, None, None, boxes, present, annotated))

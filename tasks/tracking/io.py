@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
+import numbers
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+from mmoe.inputs.video import FrameReader
 
 
 @dataclass
@@ -48,83 +47,8 @@ class TrackingPreprocess:
             raise ValueError(f"preprocess.modality: expected 'depth', 'thermal', 'event' or None, got {self.modality!r}")
 
 
-def _list_folder(folder: Path, arg: str) -> list[Path]:
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-    if not files:
-        raise ValueError(f"{arg}: no images ({'/'.join(IMAGE_EXTENSIONS)}) in folder {str(folder)!r}")
-    return files
-
-
-def _read_image(path: Path, arg: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode.startswith("I;16") or im.mode == "I":
-                return np.asarray(im).astype(np.uint16)
-            return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im).copy()
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{arg}: cannot read {str(path)!r} as an image ({e})") from e
-
-
-def _read_video(path: Path, arg: str, max_frames: int) -> list[np.ndarray]:
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise ValueError(f"{arg}: cannot open {str(path)!r} as a video")
-    frames = []
-    try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            if len(frames) >= max_frames:
-                raise ValueError(f"{arg}: {str(path)!r} has more than {max_frames} frames (max_frames)")
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    finally:
-        cap.release()
-    if not frames:
-        raise ValueError(f"{arg}: no frames could be decoded from {str(path)!r}")
-    return frames
-
-
-def load_frames(frames: Any, arg: str, max_frames: int = 100_000) -> list[np.ndarray]:
-    """A list of frames from a list/array of images, a folder of images or a video file."""
-    if isinstance(frames, (str, os.PathLike)):
-        path = Path(frames)
-        if path.is_dir():
-            files = _list_folder(path, arg)
-            if len(files) > max_frames:
-                raise ValueError(f"{arg}: {len(files)} frames in {str(path)!r}, more than max_frames={max_frames}")
-            return [_read_image(p, arg) for p in files]
-        if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
-            return _read_video(path, arg, max_frames)
-        raise ValueError(f"{arg}: expected a folder of images or a video file ({'/'.join(VIDEO_EXTENSIONS)}), "
-                         f"got {str(path)!r}")
-    if isinstance(frames, torch.Tensor):
-        frames = frames.detach().cpu().numpy()
-    if isinstance(frames, np.ndarray):
-        if frames.ndim not in (3, 4):
-            raise ValueError(f"{arg}: expected an array [N, H, W] or [N, H, W, C], got shape {frames.shape}")
-        return list(frames)
-    if isinstance(frames, (list, tuple)):
-        out = []
-        for i, f in enumerate(frames):
-            if isinstance(f, torch.Tensor):
-                f = f.detach().cpu().numpy()
-            if not isinstance(f, np.ndarray):
-                raise ValueError(f"{arg}[{i}]: expected a numpy array or tensor, got {type(f).__name__}")
-            out.append(f)
-        return out
-    raise ValueError(f"{arg}: expected a list of arrays, an array [N, H, W, C], a folder or a video file, "
-                     f"got {type(frames).__name__}")
-
-
-def _as_float(frame: np.ndarray, arg: str, pre: TrackingPreprocess, channels: tuple[int, ...]) -> np.ndarray:
-    """One frame as float32 in [0, 1], ``[H, W, 3]`` (RGB) or ``[H, W]`` (X)."""
+def _layout(frame: np.ndarray, arg: str, channels: tuple[int, ...]) -> np.ndarray:
+    """One frame as ``[H, W, 3]`` (``channels=(3,)``, RGB) or ``[H, W]`` (``(1,)``, X), else ValueError."""
     if frame.ndim == 3 and frame.shape[2] in (3, 4) and 3 in channels:
         frame = frame[..., :3]
     elif frame.ndim == 3 and frame.shape[2] == 1:
@@ -134,6 +58,12 @@ def _as_float(frame: np.ndarray, arg: str, pre: TrackingPreprocess, channels: tu
     want = "[H, W, 3]" if channels == (3,) else "[H, W] or [H, W, 1|3]"
     if (channels == (3,) and (frame.ndim != 3 or frame.shape[2] != 3)) or (channels == (1,) and frame.ndim != 2):
         raise ValueError(f"{arg}: expected frames {want}, got shape {frame.shape}")
+    return frame
+
+
+def _as_float(frame: np.ndarray, arg: str, pre: TrackingPreprocess, channels: tuple[int, ...]) -> np.ndarray:
+    """One frame as float32 in [0, 1], ``[H, W, 3]`` (RGB) or ``[H, W]`` (X)."""
+    frame = _layout(frame, arg, channels)
     if frame.dtype == np.uint8:
         return frame.astype(np.float32) / 255.0
     if frame.dtype == np.uint16:
@@ -149,51 +79,157 @@ def _as_float(frame: np.ndarray, arg: str, pre: TrackingPreprocess, channels: tu
     raise ValueError(f"{arg}: expected dtype uint8, uint16 (depth) or float in [0, 1], got {frame.dtype}")
 
 
-def prepare_sequence(pre: TrackingPreprocess, frames: Any, init_box: Any, x_frames: Any = None
-                     ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Check predict's inputs: ``({"frames": [N, H, W, 3], "x": [N, H, W] or absent, "init_box": [4]}, context)``."""
-    rgb = load_frames(frames, "frames")
-    if not rgb:
+def _rgb(frame: np.ndarray, arg: str, pre: TrackingPreprocess) -> np.ndarray:
+    """A checked RGB frame: uint8 ``[H, W, 3]`` kept as uint8 (the tracker converts it), else float32 in [0, 1]."""
+    return _layout(frame, arg, (3,)) if frame.dtype == np.uint8 else _as_float(frame, arg, pre, (3,))
+
+
+class LazyFrames:
+    """Checked frames of one input, read in order when asked for; only the current frame is held.
+
+    Iterating yields the frames from the first. It also has the few tensor methods that
+    ``TrackingTask.track`` uses on a sequence (``len``, ``shape``, ``[t]`` for the current or the
+    next frame, ``.cpu()``; ``.float()`` and ``.numpy()`` for X), so the tracker reads it lazily.
+
+    Args:
+        reader: the input's frames.
+        arg: the argument named in errors.
+        check: ``(frame, name) -> checked frame``.
+        size: ``(H, W)`` every frame must have, or None to take the first frame's.
+        as_tensor: ``[t]`` gives a torch tensor (RGB) rather than a numpy array (X).
+    """
+
+    def __init__(self, reader: FrameReader, arg: str, check: Callable[[np.ndarray, str], np.ndarray],
+                 size: tuple[int, int] | None, as_tensor: bool) -> None:
+        self.reader, self.arg, self.check, self.size, self.as_tensor = reader, arg, check, size, as_tensor
+        self._frames: Iterator[np.ndarray] | None = None
+        self._index, self._frame = -1, None
+
+    def frame(self, t: int) -> np.ndarray:
+        """Frame ``t`` checked: the current one again, or the next one read."""
+        if t != self._index:
+            if t == 0:  # start over (a new pass)
+                self._frames, self._index = iter(self.reader), -1
+            if t != self._index + 1:
+                raise IndexError(f"{self.arg}: frames are read in order; asked for frame {t} after frame {self._index}")
+            try:
+                raw = next(self._frames)
+            except StopIteration:
+                raise ValueError(f"{self.arg}: the input ended after {t} frames") from None
+            name = f"{self.arg}[{t}]" if t else self.arg
+            frame = self.check(raw, name)
+            if self.size is None:
+                self.size = frame.shape[:2]
+                if min(self.size) < 2:
+                    raise ValueError(f"{self.arg}: expected frames of at least 2x2 pixels, got {self.size}")
+            elif frame.shape[:2] != self.size:
+                what = "the first frame's" if self.arg == "frames" else "the RGB frames'"
+                raise ValueError(f"{name}: expected {what} size {self.size}, got {frame.shape[:2]}")
+            self._index, self._frame = t, frame
+        return self._frame
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for t in range(len(self)):
+            yield self.frame(t)
+
+    def __getitem__(self, t: int) -> Any:
+        f = self.frame(int(t))
+        return torch.from_numpy(np.ascontiguousarray(f)) if self.as_tensor else f
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.frame(0).shape) if self._index < 0 else (len(self), *self._frame.shape)
+
+    def cpu(self) -> LazyFrames:
+        return self
+
+    def float(self) -> LazyFrames:  # X frames are float32 already
+        return self
+
+    def numpy(self) -> LazyFrames:  # [t] gives numpy frames already (X)
+        return self
+
+
+def check_box(init_box: Any) -> np.ndarray:
+    """``init_box`` as float64 ``(x, y, w, h)``: four finite real numbers, w and h positive."""
+    if isinstance(init_box, torch.Tensor):
+        init_box = init_box.detach().cpu().numpy()
+    if isinstance(init_box, np.ndarray):
+        if init_box.dtype.kind not in "iuf":
+            raise TypeError(f"init_box: expected 4 numbers (x, y, w, h), got an array of dtype {init_box.dtype}")
+        values = init_box.tolist()
+    elif isinstance(init_box, (list, tuple)):
+        values = list(init_box)
+    else:
+        raise TypeError(f"init_box: expected 4 numbers (x, y, w, h) as a list, tuple, array or tensor, "
+                        f"got {type(init_box).__name__}")
+    if len(values) != 4:
+        raise ValueError(f"init_box: expected 4 finite numbers (x, y, w, h), got {len(values)} values")
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):  # True is not a coordinate
+            raise TypeError(f"init_box: expected 4 numbers (x, y, w, h), got {init_box!r}")
+    box = np.array([float(v) for v in values], dtype=np.float64)
+    if not np.isfinite(box).all():
+        raise ValueError(f"init_box: expected 4 finite numbers (x, y, w, h), got {tuple(box)}")
+    if box[2] <= 0 or box[3] <= 0:
+        raise ValueError(f"init_box: expected a positive width and height, got w={box[2]}, h={box[3]}")
+    return box
+
+
+def open_sequence(pre: TrackingPreprocess, frames: Any, init_box: Any, x_frames: Any = None
+                  ) -> tuple[LazyFrames, LazyFrames | None, np.ndarray]:
+    """Check predict's inputs without reading more than the first frame:
+    ``(rgb frames, X frames or None, init_box float64)``, the frames read lazily (:class:`LazyFrames`)."""
+    box = check_box(init_box)
+    rgb = LazyFrames(FrameReader(frames, "frames"), "frames", lambda f, name: _rgb(f, name, pre), None, True)
+    n = len(rgb)
+    if n == 0:
         raise ValueError("frames: expected at least one frame, got none")
-    # each frame is checked as float, but uint8 frames are kept as uint8 (a quarter of the memory);
-    # the tracker converts one frame at a time
-    kept, size = [], None
-    for i, f in enumerate(rgb):
-        checked = _as_float(f, f"frames[{i}]" if i else "frames", pre, (3,))
-        if size is None:
-            size = checked.shape[:2]
-            if min(size) < 2:
-                raise ValueError(f"frames: expected frames of at least 2x2 pixels, got {size}")
-        elif checked.shape[:2] != size:
-            raise ValueError(f"frames[{i}]: expected the first frame's size {size}, got {checked.shape[:2]}")
-        kept.append(f[..., :3] if f.dtype == np.uint8 else checked)
-    if len({k.dtype for k in kept}) > 1:  # a mix of uint8 and float frames: one float sequence
-        kept = [k.astype(np.float32) / 255 if k.dtype == np.uint8 else k for k in kept]
-    stacked = np.stack(kept)
-    batch: dict[str, Any] = {"frames": torch.from_numpy(stacked)}
-    if x_frames is not None:
-        x = load_frames(x_frames, "x_frames")
-        if len(x) != len(rgb):
-            raise ValueError(f"x_frames: expected as many frames as frames ({len(rgb)}), got {len(x)}")
-        x = [_as_float(f, f"x_frames[{i}]" if i else "x_frames", pre, (1,)) for i, f in enumerate(x)]
-        for i, f in enumerate(x):
-            if f.shape != size:
-                raise ValueError(f"x_frames[{i}]: expected the RGB frames' size {size}, got {f.shape}")
-        batch["x"] = torch.from_numpy(np.stack(x))
-    box = np.asarray(init_box, dtype=np.float64) if not isinstance(init_box, torch.Tensor) else \
-        init_box.detach().cpu().double().numpy()
-    if box.shape != (4,) or not np.isfinite(box).all():
-        raise ValueError(f"init_box: expected 4 finite numbers (x, y, w, h), got {init_box!r}")
+    H, W = rgb.frame(0).shape[:2]
     x0, y0, w, h = box
-    H, W = size
-    if w <= 0 or h <= 0:
-        raise ValueError(f"init_box: expected a positive width and height, got w={w}, h={h}")
     if x0 >= W or y0 >= H or x0 + w <= 0 or y0 + h <= 0:
         raise ValueError(f"init_box: expected a box that overlaps the {W}x{H} frame, got {tuple(box)}")
-    batch["init_box"] = torch.from_numpy(box)
-    return batch, {"n": len(rgb)}
+    if isinstance(frames, (list, tuple)):  # sizes in memory are known without reading: fail before tracking
+        for i, f in enumerate(frames[1:], start=1):
+            if hasattr(f, "shape") and tuple(f.shape[:2]) != (H, W):
+                raise ValueError(f"frames[{i}]: expected the first frame's size {(H, W)}, got {tuple(f.shape[:2])}")
+    x = None
+    if x_frames is not None:
+        x = LazyFrames(FrameReader(x_frames, "x_frames"), "x_frames", lambda f, name: _as_float(f, name, pre, (1,)),
+                       (H, W), False)
+        if len(x) != n:
+            raise ValueError(f"x_frames: expected as many frames as frames ({n}), got {len(x)}")
+        x.frame(0)
+    return rgb, x, box
+
+
+def prepare_sequence(pre: TrackingPreprocess, frames: Any, init_box: Any, x_frames: Any = None
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check predict's inputs: ``({"frames": LazyFrames, "x": LazyFrames or absent, "init_box": [4]}, context)``.
+
+    Frames are read one at a time while the tracker runs (memory does not grow with their number)."""
+    rgb, x, box = open_sequence(pre, frames, init_box, x_frames)
+    batch: dict[str, Any] = {"frames": rgb, "init_box": torch.from_numpy(box)}
+    if x is not None:
+        batch["x"] = x
+    return batch, {"init_box": box, "size": rgb.size}
+
+
+def clip_boxes(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """xywh boxes ``[..., 4]`` cut to their part inside an ``(H, W)`` frame."""
+    H, W = size
+    x0, y0 = np.clip(boxes[..., 0], 0, W), np.clip(boxes[..., 1], 0, H)
+    x1, y1 = np.clip(boxes[..., 0] + boxes[..., 2], 0, W), np.clip(boxes[..., 1] + boxes[..., 3], 0, H)
+    return np.stack([x0, y0, x1 - x0, y1 - y0], axis=-1)
 
 
 def finish_sequence(output: dict[str, torch.Tensor], context: dict[str, Any]) -> dict[str, np.ndarray]:
-    """``{"boxes": [N, 4] float64 xywh pixels, "confidence": [N] float64}`` (frame 0: the initial box, 1.0)."""
-    return {"boxes": output["boxes"].double().cpu().numpy(), "confidence": output["confidence"].double().cpu().numpy()}
+    """``{"boxes": [N, 4] float64 xywh pixels, "confidence": [N] float64}``: frame 0 is
+    ``init_box`` exactly as given, confidence 1.0; the boxes after it are clipped to the frame."""
+    boxes = output["boxes"].double().cpu().numpy().copy()
+    boxes[0] = context["init_box"]
+    boxes[1:] = clip_boxes(boxes[1:], context["size"])
+    return {"boxes": boxes, "confidence": output["confidence"].double().cpu().numpy()}
