@@ -103,8 +103,9 @@ class TrackSequence:
             return self.frames[i]
         a = self._read(self.frames[i], "RGB")
         if a.dtype != np.uint8:
-            raise ValueError(f"root: sequence {self.name!r}: RGB frame {self.frames[i]!r} is 16-bit, expected 8-bit")
-        return np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a
+            raise ValueError(f"root: sequence {self.name!r}: RGB frame {self.frames[i]!r} has dtype {a.dtype}, "
+                             f"expected 8-bit colour")
+        return np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a[..., :3]
 
     def x_frame(self, i: int) -> np.ndarray | None:
         """float32 ``[H, W]`` in [0, 1], or None."""
@@ -113,10 +114,14 @@ class TrackSequence:
         if isinstance(self.x, np.ndarray):
             return self.x[i].astype(np.float32) / 255.0
         a = self._read(self.x[i], "X")
-        if a.dtype == np.uint16:  # 16-bit depth in millimetres
+        if a.ndim == 3:  # thermal/event images saved as colour: their grey level (alpha dropped)
+            a = a[..., :3].mean(2).astype(a.dtype) if a.shape[2] > 1 else a[..., 0]
+        if a.dtype == np.uint8:
+            return a.astype(np.float32) / 255.0
+        if a.dtype.kind in "iu":  # 16-bit depth in millimetres
             return np.clip(a.astype(np.float32) / self.depth_range_mm, 0, 1)
-        a = a.astype(np.float32) / 255.0
-        return a.mean(2) if a.ndim == 3 else a
+        raise ValueError(f"root: sequence {self.name!r}: X frame {self.x[i]!r} has dtype {a.dtype}, "
+                         f"expected 8-bit or 16-bit integers")
 
 
 def synthetic_sequence(seed: int, split: str, modality: str, length: int, size: tuple[int, int]) -> TrackSequence:

@@ -35,6 +35,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
+from mmoe.inputs.image import inside_root
 from mmoe.inputs.video import list_images, natural_key
 
 Modality = Literal["thermal", "depth", "event"]
@@ -67,9 +68,9 @@ class Sequence(NamedTuple):
 
 
 def _inside(path: Path, root: Path | None) -> Path:
-    """``path``, refused when it resolves (links followed) outside ``root``."""
-    if root is not None and not path.resolve().is_relative_to(root.resolve()):
-        raise ValueError(f"root: {str(path)!r} leads outside the dataset root {str(root)!r} (a link); refused")
+    """``path``, refused when it leads (links followed) outside ``root``."""
+    if root is not None:
+        inside_root(path, root, "root")
     return path
 
 
@@ -160,7 +161,8 @@ def _sequences(root: Path, names: list[str] | None, marker: str) -> list[Path]:
     _dir(root, "the dataset root")
     if names is not None:
         return [_dir(root / n, f"sequence {n!r} from the list", root) for n in names]
-    found = sorted((p for p in root.iterdir() if p.is_dir() and (p / marker).exists()), key=lambda p: natural_key(p.name))
+    found = sorted((p for p in root.iterdir() if p.is_dir() and (p / marker).exists()),
+                   key=lambda p: natural_key(p.name))
     if not found:
         raise ValueError(f"root: no sequences (folders with {marker!r}) in {str(root)!r}")
     return [_inside(p, root) for p in found]

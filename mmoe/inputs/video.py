@@ -7,7 +7,8 @@ The rules every task that reads frame sequences follows:
 - a video file is decoded frame by frame with OpenCV's FFmpeg backend; nothing here keeps more
   than the frame being handed out, so memory does not grow with the number of frames;
 - the pixel count of a frame is checked against ``max_pixels`` before it is decoded (an image
-  file's header; a video's frame size from its container);
+  file's header, read by :func:`mmoe.inputs.image.read_image`; a video's frame size from its
+  container); a link in a folder may be refused when it leads outside a given root;
 - arrays and tensors are not copied: ``[N, H, W]`` or ``[N, H, W, C]`` is read along its first axis;
 - an input that cannot be read raises ``ValueError`` naming the argument (and the path).
 """
@@ -23,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmoe.inputs.image import MAX_PIXELS, check_pixels, inside_root, read_image
+
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-#: the largest frame read from a file (8K UHD); larger headers are refused before decoding
-MAX_FRAME_PIXELS = 7680 * 4320
 
 
 def natural_key(name: str) -> tuple[tuple[str | int, ...], str]:
@@ -34,10 +35,6 @@ def natural_key(name: str) -> tuple[tuple[str | int, ...], str]:
     # split keeps the digit runs at odd positions, so two keys always compare str with str, int with int
     parts = tuple(int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", name)))
     return parts, name
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path.resolve().is_relative_to(root.resolve())
 
 
 def list_images(folder: str | os.PathLike, arg: str, within: str | os.PathLike | None = None) -> list[Path]:
@@ -54,8 +51,8 @@ def list_images(folder: str | os.PathLike, arg: str, within: str | os.PathLike |
         for e in entries:
             if e.name.startswith(".") or os.path.splitext(e.name)[1].lower() not in IMAGE_EXTENSIONS:
                 continue
-            if within is not None and e.is_symlink() and not _inside(Path(e.path), Path(within)):
-                raise ValueError(f"{arg}: {e.path!r} is a link that leads outside {str(within)!r}")
+            if within is not None and e.is_symlink():
+                inside_root(e.path, within, arg)
             if e.is_file():
                 files.append(Path(e.path))
     if not files:
@@ -74,36 +71,6 @@ def image_size(path: str | os.PathLike, arg: str) -> tuple[int, int]:
         raise ValueError(f"{arg}: cannot read {str(path)!r} as an image ({e})") from e
 
 
-def read_image(path: str | os.PathLike, arg: str, max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
-    """One image file: uint8 ``[H, W]`` (grey), uint16 ``[H, W]`` (16-bit grey, e.g. depth in
-    millimetres) or uint8 ``[H, W, 3]`` (any other 8-bit mode, as RGB).
-
-    Args:
-        path: the file.
-        arg: the argument named in errors.
-        max_pixels: the largest ``H * W`` decoded; checked from the header first.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if im.width * im.height > max_pixels:
-                raise ValueError(f"{arg}: {str(path)!r} is {im.width}x{im.height} pixels, more than the "
-                                 f"{max_pixels} a frame may have")
-            if im.mode.startswith("I;16"):
-                return np.asarray(im).astype(np.uint16)
-            if im.mode == "I":  # 16-bit PNGs open as 32-bit integers
-                a = np.asarray(im)
-                if a.size and (a.min() < 0 or a.max() > 65535):
-                    raise ValueError(f"{arg}: {str(path)!r} holds values outside 0..65535")
-                return a.astype(np.uint16)
-            if im.mode == "F":
-                raise ValueError(f"{arg}: {str(path)!r} is a 32-bit float image; expected 8-bit or 16-bit")
-            return np.asarray(im if im.mode in ("L", "RGB") else im.convert("RGB")).copy()
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
-        raise ValueError(f"{arg}: cannot read {str(path)!r} as an image ({e})") from e
-
-
 class FrameReader:
     """The frames of one input, read one at a time when iterated (each iteration starts over).
 
@@ -118,7 +85,7 @@ class FrameReader:
     pass that keeps none of them (container frame counts are estimates for some formats).
     """
 
-    def __init__(self, source: Any, arg: str, max_pixels: int = MAX_FRAME_PIXELS) -> None:
+    def __init__(self, source: Any, arg: str, max_pixels: int = MAX_PIXELS) -> None:
         self.arg, self.max_pixels = arg, max_pixels
         self._files: list[Path] | None = None
         self._video: Path | None = None
@@ -151,10 +118,11 @@ class FrameReader:
         if not cap.isOpened():
             raise ValueError(f"{self.arg}: cannot open {str(self._video)!r} as a video")
         w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        if w * h > self.max_pixels:
+        try:
+            check_pixels(w * h, self.arg, self._video, self.max_pixels, f" per frame ({w}x{h})")
+        except ValueError:
             cap.release()
-            raise ValueError(f"{self.arg}: {str(self._video)!r} has {w}x{h} frames, more than the "
-                             f"{self.max_pixels} pixels a frame may have")
+            raise
         return cap
 
     def __len__(self) -> int:
@@ -177,7 +145,7 @@ class FrameReader:
     def __iter__(self) -> Iterator[np.ndarray]:
         if self._files is not None:
             for p in self._files:
-                yield read_image(p, self.arg, self.max_pixels)
+                yield read_image(p, self.arg, max_pixels=self.max_pixels)
         elif self._video is not None:
             import cv2
 
