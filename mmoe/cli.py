@@ -15,7 +15,16 @@ is installed) and figures under ``<run_dir>/<run_name>/version_<n>`` (``run_dir`
 ``max_time`` cap, an interruption) says so in a warning and writes ``INCOMPLETE.json`` into the
 run folder. ``--test_after_fit true`` tests the best checkpoint right after ``fit``.
 ``--trainer.strategy ddp_expert_parallel`` shards the MoE experts over the processes
-(:mod:`mmoe.parallel`); ``ddp`` replicates them.
+(:mod:`mmoe.parallel`); ``ddp`` replicates them. Without ``--run_dir`` and
+``--trainer.default_root_dir`` nothing is written into the working folder: runs without loggers
+(``fast_dev_run``) also write under ``runs/<run_name>``.
+
+What files choose is checked (the rules of :mod:`mmoe.loading`): ``--ckpt_path``'s
+hyper-parameters are refused when they expand past a cap (shared references), name a class
+outside the trusted modules (checked before importing it), or set an argument that reads other
+files or the network, unless the user's own config sets the same value. A config's class paths
+must lie in :data:`CONFIG_MODULES` or the trusted modules (``MMOE_TRUSTED_MODULES`` adds your
+packages), checked before importing; YAML values that expand past a cap (anchors) are refused.
 """
 
 from __future__ import annotations
@@ -38,11 +47,17 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 import mmoe.parallel  # noqa: F401  registers --trainer.strategy ddp_expert_parallel
 from mmoe.datamodules import DATAMODULES
+from mmoe.loading import check_bounded, check_init_args, import_class, torch_load_weights_only, trusted_modules
 from mmoe.safe_checkpoint import SafeCheckpointIO
 from mmoe.tasks import TASKS
 from mmoe.tasks.base import BaseMoETask, OptimConfig
 
 log = logging.getLogger("mmoe")
+
+#: packages whose classes a config may name (callbacks, loggers, plugins) besides the trusted
+#: modules of :mod:`mmoe.loading`; any other class path is refused before its module is imported
+CONFIG_MODULES: tuple[str, ...] = ("lightning", "pytorch_lightning", "torch", "torchmetrics")
+_PARSER_MODE = "mmoe_yaml"
 
 
 def _import_classes() -> None:
@@ -50,6 +65,27 @@ def _import_classes() -> None:
     CLI resolves short class names."""
     for module in {*TASKS.values(), *DATAMODULES.values()}:
         importlib.import_module(module)
+
+
+def _bounded_yaml_load(stream: str, path: str | os.PathLike[str] = "") -> Any:
+    """jsonargparse's YAML loader, refusing values that expand past a cap (a ``ValueError`` naming
+    ``path``): anchors and aliases are shared references, so a 1 KB "billion laughs" file would
+    expand when merged or printed."""
+    from jsonargparse import get_loader
+
+    value = get_loader("yaml")(stream)
+    check_bounded(value, str(path) or "a config value", "the YAML values")
+    return value
+
+
+def _restrict_parsing() -> None:
+    """Config class paths only from :data:`CONFIG_MODULES` and the trusted modules (checked before
+    importing); the bounded YAML loader. Settings of jsonargparse, global to the process."""
+    import yaml
+    from jsonargparse import set_loader, set_parsing_settings
+
+    set_parsing_settings(import_path_denylist=["*"], import_path_allowlist=[*CONFIG_MODULES, *trusted_modules()])
+    set_loader(_PARSER_MODE, _bounded_yaml_load, exceptions=(yaml.YAMLError,))
 
 
 def shipped_configs() -> dict[str, Path]:
@@ -97,6 +133,32 @@ def list_shipped() -> str:
     return "\n".join(lines)
 
 
+def _parsed_class(model: Any) -> type | None:
+    """The class of a parsed ``model`` section, looked up among the modules parsing imported (importing nothing)."""
+    path = model.get("class_path") if hasattr(model, "get") else None
+    if not isinstance(path, str) or "." not in path:
+        return None
+    module, _, name = path.rpartition(".")
+    return getattr(sys.modules.get(module), name, None)
+
+
+_MISSING = object()
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """``a == b`` as a plain bool; values whose comparison is not one (tensors, arrays) differ."""
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - ambiguous truth values
+        return False
+
+
+def _init_args(model: Any) -> dict[str, Any]:
+    """The parsed ``model.init_args`` as a plain dict (empty when there are none)."""
+    args = model.get("init_args") if hasattr(model, "get") else None
+    return args.as_dict() if hasattr(args, "as_dict") else dict(args or {})
+
+
 def _loggers(save_dir: str, name: str) -> list:
     loggers = [CSVLogger(save_dir, name=name)]
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
@@ -140,25 +202,33 @@ class MMoECLI(LightningCLI):
         parser.link_arguments("data.preprocess", "model.init_args.preprocess", apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
-        # Lightning re-reads model arguments from a checkpoint; `preprocess` comes from the data
-        # (a link), so it is left out of what the checkpoint may set.
+        # Lightning re-reads model arguments from a checkpoint. They pass the checks `mmoe.load`
+        # applies (mmoe.loading): the size of the data, the trusted class before importing it, no
+        # argument that makes the model read other files or the network. `preprocess` comes from
+        # the data (a link), so it is left out of what the checkpoint may set.
         if not self.config.get("subcommand"):
             return
-        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        config = self.config[self.config.subcommand]
+        ckpt_path = config.get("ckpt_path")
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
-        import torch
-
+        source = f"ckpt_path {ckpt_path!r}"
+        ckpt = torch_load_weights_only(ckpt_path, source)
+        hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+        if not isinstance(hparams, dict) or "_class_path" not in hparams:
+            return
+        check_bounded(hparams, source, "hyper_parameters")
+        class_path = hparams["_class_path"]
         try:
-            ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
-        except Exception as exc:  # noqa: BLE001 - any unreadable file gets one clear message
-            raise ValueError(f"ckpt_path: cannot read {ckpt_path!r} as a checkpoint: {exc}") from None
-        hparams = dict(ckpt.get("hyper_parameters", {})) if isinstance(ckpt, dict) else {}
-        for key in ("_instantiator", "preprocess"):
-            hparams.pop(key, None)
-        if "_class_path" in hparams:
-            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-            self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+            cls = import_class(class_path)
+        except (ValueError, TypeError, ImportError) as exc:
+            raise ValueError(f"{source}: hyper_parameters: {exc}") from None
+        init_args = {k: v for k, v in hparams.items() if not str(k).startswith("_") and k != "preprocess"}
+        # what the user's own config already sets for the same class is the user's choice, not the file's
+        own = _init_args(config.get("model")) if _parsed_class(config.get("model")) is cls else {}
+        check_init_args(cls, {k: v for k, v in init_args.items() if not _equal(own.get(k, _MISSING), v)}, source)
+        model = {"class_path": class_path, "dict_kwargs": init_args}
+        self.config = self.parser.parse_object({self.config.subcommand: {"model": model}}, self.config)
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -174,9 +244,13 @@ class MMoECLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         trainer_cfg = config["trainer"]
+        run_dir = config.get("run_dir") or trainer_cfg.get("default_root_dir") or "runs"
         if trainer_cfg.get("logger") in (None, True):
-            run_dir = config.get("run_dir") or trainer_cfg.get("default_root_dir") or "runs"
             kwargs["logger"] = _loggers(run_dir, config["run_name"])
+        if not trainer_cfg.get("default_root_dir"):
+            # Lightning's default is the working folder: without loggers (fast_dev_run,
+            # logger=false) checkpoints and figures would land in ./checkpoints, the zoo's folder
+            kwargs["default_root_dir"] = str(Path(run_dir) / config["run_name"])
         callbacks = list(trainer_cfg.get("callbacks") or [])
         model = self.model
         wants_checkpoints = trainer_cfg.get("enable_checkpointing", True) is not False
@@ -200,6 +274,7 @@ class MMoECLI(LightningCLI):
 def cli_main(args: list[str] | None = None, run: bool = True) -> MMoECLI:
     """Run the CLI (``args`` as on the command line; ``run=False`` only instantiates)."""
     _import_classes()
+    _restrict_parsing()
     if args is None:  # rewritten in place: LightningCLI warns when given both args and sys.argv
         sys.argv[1:] = _resolve_args(sys.argv[1:])
     else:
@@ -212,6 +287,9 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> MMoECLI:
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={
+            "parser_mode": _PARSER_MODE, **{c: {"parser_mode": _PARSER_MODE} for c in MMoECLI.subcommands()},
+        },
         auto_configure_optimizers=False,
     )
 

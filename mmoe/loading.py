@@ -20,7 +20,11 @@ anything is allocated or imported on its word:
   modules); its state dict must have exactly the names and shapes of the file's tensors, and
   all it builds (also outside the state dict) be at most ``_BUILT_PER_SAVED`` times their size;
   only then are the tensors read (NaN / inf refused) and the model built for real on the CPU
-  (so non-persistent buffers get their constructor values) and loaded.
+  (so non-persistent buffers get their constructor values) and loaded;
+* init args and hyper-parameters are refused when, walked as a tree, they hold more than
+  :data:`MAX_ARG_VALUES` values or nest deeper than :data:`MAX_ARG_DEPTH` (``torch.load`` keeps
+  shared references, so a 2 KB file can describe 2**60 values): :func:`check_bounded`, before
+  anything else walks them.
 
 File-content problems raise ``ValueError`` naming the file (mismatched weights raise
 :class:`WeightsMismatchError`, also a ``RuntimeError`` as before).
@@ -431,6 +435,7 @@ def read_checkpoint(path: Path) -> tuple[str, dict[str, Any], dict[str, torch.Te
         kind = type(ckpt).__name__ if not isinstance(ckpt, dict) else "dict without 'state_dict'"
         raise ValueError(f"{path}: not a Lightning checkpoint (it holds a {kind})")
     hparams = ckpt.get("hyper_parameters", {})
+    check_bounded(hparams, str(path), "hyper_parameters")  # before anything walks them
     class_path = ckpt.get("mmoe_class_path") or (hparams.get("_class_path") if isinstance(hparams, dict) else None)
     if not class_path:
         raise ValueError(f"{path}: no 'mmoe_class_path' in the checkpoint; was it written by `mmoe fit`?")

@@ -7,7 +7,8 @@ checkpoint whose pickle names ``os.system`` runs it. :class:`SafeCheckpointIO` r
 fsspec and ``http(s)`` checkpoints with ``torch.load(weights_only=True)`` whatever the caller
 asks for; remote files are downloaded to a temporary file under a size cap and a deadline
 (not into the torch hub cache). Checkpoints that ``mmoe fit`` writes (weights, optimizer and
-scheduler states, loops, callback states, hyper-parameters) are plain data and load.
+scheduler states, loops, callback states, hyper-parameters) are plain data and load; a file
+whose data expand (shared references, cycles) past a cap is refused before Lightning walks it.
 
 Use it as ``Trainer(plugins=[SafeCheckpointIO()])``.
 """
@@ -25,11 +26,14 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _MAP_LOCATION_TYPE, _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mmoe.loading import torch_load_weights_only
+from mmoe.loading import check_bounded, torch_load_weights_only
 
 __all__ = ["SafeCheckpointIO"]
 
 _CHUNK = 1 << 20
+#: values a whole checkpoint may expand to (weights, optimizer states, loops, callbacks...):
+#: about 8 per parameter tensor, so 250k tensors; Lightning walks these structures as trees
+_MAX_CHECKPOINT_VALUES = 2_000_000
 
 
 def _storage(storage: Any, loc: str) -> Any:  # Lightning's default map_location: keep tensors where saved
@@ -72,6 +76,8 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 ckpt = torch_load_weights_only(f, source, map_location)
         if not isinstance(ckpt, dict):
             raise ValueError(f"{source}: not a Lightning checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
+        # shared references survive weights_only: refuse what Lightning's tree walks would expand
+        check_bounded(ckpt, source, "its contents", max_values=_MAX_CHECKPOINT_VALUES)
         return ckpt
 
     def _download(self, url: str) -> IO[bytes]:

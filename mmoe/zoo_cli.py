@@ -117,6 +117,7 @@ def export_checkpoint(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, zoo.FILE_MODE)  # mkstemp makes it private; published weights are world-readable
         _load_safetensors(Path(tmp), "cpu")  # it must load back before it is published
         row = {
             "name": name, "task": task, "config": cfg.as_posix(), "file": dest.name,
