@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import resource
+import subprocess
 import sys
 import time
 import zipfile
@@ -68,8 +68,51 @@ def tiny_file(path: Path, **init_args: Any) -> tuple[Tiny, Path]:
     return model, zoo_file(path, model.state_dict(), TINY, init_args)
 
 
-def max_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# Run in a fresh interpreter: the peak RSS is reset (Linux clear_refs "5") after the imports, so
+# the growth is what the measured code took, whatever this process or an earlier test allocated.
+GROWTH_SCRIPT = """
+import importlib, json, sys
+sys.path.insert(0, sys.argv[1])
+importlib.import_module(sys.argv[2])  # the module defining the trusted test classes
+from mmoe import loading
+loading.TRUSTED_MODULES = ["mmoe", sys.argv[2]]
+
+def mib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before, error = mib("VmHWM"), None
+try:
+    exec(sys.argv[3])
+except Exception as e:
+    error = type(e).__name__
+print(json.dumps({"growth_mib": mib("VmHWM") - before, "error": error}))
+"""
+
+
+def fresh_process_growth_mib(code: str) -> tuple[float, str | None]:
+    """Peak RSS growth (MiB) of a fresh interpreter while it runs ``code`` (``loading`` imported),
+    and the name of the exception ``code`` raised (None if none)."""
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak RSS of the subprocess")
+    r = subprocess.run([sys.executable, "-c", GROWTH_SCRIPT, str(Path(__file__).parent), __name__, code],
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return out["growth_mib"], out["error"]
+
+
+def load_growth_mib(path: Path) -> tuple[float, str | None]:
+    """:func:`fresh_process_growth_mib` of ``mmoe.load(path)``."""
+    return fresh_process_growth_mib(f"loading.load({str(path)!r})")
+
+
+def test_growth_measure_sees_an_allocation() -> None:
+    """The measure is not vacuous: 400 MB allocated in the subprocess show up."""
+    growth, error = fresh_process_growth_mib("import torch; x = torch.ones(100_000_000)")
+    assert error is None and 350 < growth < 600
 
 
 # ------------------------------------------------------------------ 1. size from metadata
@@ -92,12 +135,13 @@ def test_small_model_round_trips_with_fresh_nonpersistent_buffers(tmp_path: Path
 def test_tiny_file_with_huge_init_args_is_refused_without_allocating(tmp_path: Path, init_args: dict) -> None:
     _, f = tiny_file(tmp_path / "huge.safetensors", **init_args)
     assert f.stat().st_size < 2000
-    before, t0 = max_rss_mib(), time.perf_counter()
+    t0 = time.perf_counter()
     with pytest.raises(WeightsMismatchError, match="size mismatch|missing keys") as exc:
         load(f)
     assert isinstance(exc.value, ValueError) and str(f) in str(exc.value)
     assert time.perf_counter() - t0 < 10
-    assert max_rss_mib() - before < 200
+    growth, error = load_growth_mib(f)
+    assert error == "WeightsMismatchError" and growth < 200
 
 
 @pytest.mark.parametrize("init_args", [{"scratch": 2**20}, {"cache": 2**40}], ids=["discarded", "non-persistent"])
@@ -124,11 +168,12 @@ def test_pde_task_file_with_attack_init_args_is_refused(tmp_path: Path) -> None:
             "num_heads": 8, "mixer": "attention"}
     f = zoo_file(tmp_path / "attack.safetensors", {"w": torch.zeros(1)}, "mmoe.tasks.pde.PDETask", args)
     assert f.stat().st_size < 1000
-    before, t0 = max_rss_mib(), time.perf_counter()
+    t0 = time.perf_counter()
     with pytest.raises(ValueError, match="missing keys"):
         load(f)
     assert time.perf_counter() - t0 < 30
-    assert max_rss_mib() - before < 300
+    growth, error = load_growth_mib(f)
+    assert error == "WeightsMismatchError" and growth < 300
     # the same class loads when the file holds the tensors its init args imply
     small = {"dim": 16, "depth": 1, "num_heads": 2, "hidden_dim": 16, "num_groups": 2, "experts_per_group": 2,
              "modes": 3}
