@@ -26,6 +26,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import mmoe
+from mmoe.settings import MoESettings
 from mmoe.datamodules.separation.datamodule import SeparationDataModule
 from mmoe.moe_layer import MoELayer
 from mmoe.tasks.separation.metrics import SDRi, SISNRi
@@ -200,8 +201,9 @@ def main() -> None:
         return
     torch.manual_seed(0)
     if args.smoke:
-        tiny = dict(n_fft=64, hop=16, dim=16, depth=1, num_heads=2, hidden_dim=16, num_experts=4, top_k=2, mask_hidden=16)
-        models = {"MoE (random)": SeparationTask(**tiny).eval(), "dense (random)": SeparationTask(moe=False, **tiny).eval()}
+        tiny = dict(n_fft=64, hop=16, dim=16, depth=1, num_heads=2, hidden_dim=16,
+                    moe=MoESettings(num_experts=4, top_k=2), mask_hidden=16)
+        models = {"MoE (random)": SeparationTask(**tiny).eval(), "dense (random)": SeparationTask(**(tiny | {"moe": tiny["moe"].replace(dense=True)})).eval()}
         dm = SeparationDataModule(test_mixtures=4, train_utterances=8, progress=False)
         limit, rtf_seconds = 4, 4.0
     else:

@@ -10,11 +10,13 @@ import pytest
 import soundfile as sf
 import torch
 
+from mmoe.settings import MoESettings
 from mmoe.moe_layer import MoELayer
 from mmoe.tasks.separation import SeparationTask, TFMoESeparator
 from mmoe.tasks.separation.model import band_widths
 
-TINY = dict(n_fft=64, hop=16, dim=16, depth=1, num_heads=2, hidden_dim=16, num_experts=4, top_k=2, mask_hidden=16)
+TINY = dict(n_fft=64, hop=16, dim=16, depth=1, num_heads=2, hidden_dim=16,
+            moe=MoESettings(num_experts=4, top_k=2), mask_hidden=16)
 
 
 def test_band_layout_covers_every_bin_once() -> None:
@@ -78,12 +80,12 @@ def test_bad_model_choices_name_the_argument(bad: dict) -> None:
 
 def test_moe_and_dense_have_the_same_active_ffn_width() -> None:
     moe = TFMoESeparator(**TINY)
-    dense = TFMoESeparator(**{**TINY, "moe": False})
+    dense = TFMoESeparator(**{**TINY, "moe": TINY["moe"].replace(dense=True)})
     layers = moe.moe_layers()
     assert len(layers) == 2 * TINY["depth"] and all(isinstance(m, MoELayer) for m in layers)
     assert not dense.moe_layers()
     ffn = dense.backbone.blocks[0].ffn
-    assert ffn.mlp.w_out.shape[-2] == TINY["top_k"] * TINY["hidden_dim"]
+    assert ffn.mlp.w_out.shape[-2] == TINY["moe"].top_k * TINY["hidden_dim"]
 
 
 def test_chunked_separation_keeps_the_speaker_order() -> None:

@@ -29,6 +29,7 @@ from torch import nn
 from mmoe.backbone import BlockSpec, MultimodalMoEBackbone, sinusoidal_positions
 from mmoe.mixers import SelfAttention, register_mixer
 from mmoe.moe_layer import MoELayer
+from mmoe.settings import MoESettings
 from mmoe.validation import check_choice, check_positive_int
 
 
@@ -171,6 +172,10 @@ def band_widths(num_bins: int, sample_rate: int, n_fft: int) -> list[int]:
     return widths
 
 
+#: the recipe's MoE: softmax top-2 of 8 experts per time and band block, dropless
+SEPARATION_MOE = MoESettings(router="softmax", num_experts=8, top_k=2)
+
+
 class TFMoESeparator(nn.Module):
     """Band-split TF separator on the shared MoE backbone (see the module docstring).
 
@@ -183,11 +188,9 @@ class TFMoESeparator(nn.Module):
         depth: pairs of (time block, band block).
         num_heads: attention heads of the mixers.
         hidden_dim: hidden width of each expert.
-        num_experts: experts per MoE layer.
-        top_k: experts per token.
-        moe: False gives the dense baseline (FFN hidden width ``top_k * hidden_dim``: equal active compute).
-        dense_hidden_dim: hidden width of the dense FFN when ``moe`` is False (None: ``top_k * hidden_dim``).
-        capacity_factor: MoE capacity (None: dropless).
+        moe: the MoE settings of every time and band block; ``moe.dense`` gives the dense baseline
+            (FFN hidden width ``top_k * hidden_dim``: equal active compute).
+        dense_hidden_dim: hidden width of the dense FFN when ``moe.dense`` (None: ``top_k * hidden_dim``).
         mask_hidden: hidden width of the per-band mask heads.
         mixer: the time and band mixers: ``"attention"`` (``num_heads`` heads), ``"lstm"``
             (bidirectional LSTMs of width ``dim`` per direction) or ``"frame_lstm"`` (time blocks: a
@@ -200,10 +203,9 @@ class TFMoESeparator(nn.Module):
             [0, 1] that sum to one over the speakers, so the estimates add up to the mixture).
     """
 
-    def __init__(self, sample_rate: int = 8000, num_speakers: int = 2, n_fft: int = 256, hop: int = 64,
-                 dim: int = 64, depth: int = 2, num_heads: int = 4, hidden_dim: int = 64, num_experts: int = 8,
-                 top_k: int = 2, moe: bool = True, dense_hidden_dim: int | None = None,
-                 capacity_factor: float | None = None, mask_hidden: int = 128,
+    def __init__(self, *, sample_rate: int = 8000, num_speakers: int = 2, n_fft: int = 256, hop: int = 64,
+                 dim: int = 64, depth: int = 2, num_heads: int = 4, hidden_dim: int = 64,
+                 moe: MoESettings = SEPARATION_MOE, dense_hidden_dim: int | None = None, mask_hidden: int = 128,
                  mixer: Literal["attention", "lstm", "frame_lstm"] = "attention", frame_hidden: int = 128,
                  mask_head: Literal["band", "frame"] = "band",
                  mask: Literal["complex", "softmax"] = "complex") -> None:
@@ -215,7 +217,7 @@ class TFMoESeparator(nn.Module):
         self.mask_kind, self.mask_head = mask, mask_head
         for name, value in (("sample_rate", sample_rate), ("num_speakers", num_speakers), ("n_fft", n_fft),
                             ("hop", hop), ("dim", dim), ("depth", depth), ("hidden_dim", hidden_dim),
-                            ("num_experts", num_experts), ("top_k", top_k), ("mask_hidden", mask_hidden)):
+                            ("mask_hidden", mask_hidden)):
             check_positive_int(name, value)
         if hop > n_fft:
             raise ValueError(f"hop: expected at most n_fft={n_fft}, got {hop}")
@@ -253,10 +255,8 @@ class TFMoESeparator(nn.Module):
                     name, options = f"{name}_lstm", {}
                 elif mixer == "frame_lstm" and name == "tf_time":
                     name, options = "tf_frame_lstm", {"bands": self.K, "hidden": frame_hidden}
-                blocks.append(BlockSpec(mixer=name, mixer_options=options,
-                                        ffn="moe" if moe else "dense", hidden_dim=hidden_dim,
-                                        num_experts=num_experts, top_k=top_k, capacity_factor=capacity_factor,
-                                        dense_hidden_dim=dense_hidden_dim))
+                blocks.append(BlockSpec(mixer=name, mixer_options=options, hidden_dim=hidden_dim,
+                                        dense_hidden_dim=dense_hidden_dim, **moe.block_fields()))
         self.backbone = MultimodalMoEBackbone(["audio"], dim, blocks=blocks, positions=False)
         if mask_head == "frame":
             self.frame_head = nn.Linear(K * dim, K * S * 2 * W)

@@ -9,11 +9,12 @@ import numpy as np
 import torch
 from torchmetrics import MetricCollection
 
+from mmoe.settings import MoESettings, upgrade_legacy_moe
 from mmoe.tasks.base import BaseMoETask
 from mmoe.tasks.separation.io import SeparationPreprocess, finish_audio, prepare_audio
 from mmoe.tasks.separation.metrics import SDRi, SISNRi, pit_si_snr
-from mmoe.tasks.separation.model import TFMoESeparator
-from mmoe.validation import check_bool, check_choice, check_number, check_positive_int
+from mmoe.tasks.separation.model import SEPARATION_MOE, TFMoESeparator
+from mmoe.validation import check_choice, check_positive_int
 
 
 class SeparationTask(BaseMoETask):
@@ -29,10 +30,10 @@ class SeparationTask(BaseMoETask):
             from the datamodule, a zoo file carries it. None: 8 kHz, two speakers.
         n_fft: STFT size in samples. hop: STFT hop in samples.
         dim: token width. depth: pairs of (time-MoE block, band-MoE block). num_heads: attention heads.
-        hidden_dim: hidden width of each expert. num_experts: experts per MoE layer. top_k: experts per token.
-        moe: False gives the dense baseline (FFN width ``top_k * hidden_dim``: the same active compute).
-        dense_hidden_dim: dense FFN width when ``moe`` is False (None: ``top_k * hidden_dim``).
-        capacity_factor: MoE capacity (None: dropless).
+        hidden_dim: hidden width of each expert.
+        moe: the MoE settings of every block (:class:`mmoe.settings.MoESettings`); ``moe.dense`` gives
+            the dense baseline (FFN width ``top_k * hidden_dim``: the same active compute).
+        dense_hidden_dim: dense FFN width when ``moe.dense`` (None: ``top_k * hidden_dim``).
         mask_hidden: hidden width of the per-band mask heads.
         mixer: ``"attention"``, ``"lstm"`` or ``"frame_lstm"`` (see :class:`.model.TFMoESeparator`).
         frame_hidden: LSTM width per direction of the ``"frame_lstm"`` time mixer.
@@ -44,6 +45,7 @@ class SeparationTask(BaseMoETask):
     monitor = "val/si_snri"
     mode = "max"
     preprocess_class = SeparationPreprocess
+    default_moe = SEPARATION_MOE
 
     def __init__(
         self,
@@ -54,11 +56,8 @@ class SeparationTask(BaseMoETask):
         depth: int = 2,
         num_heads: int = 4,
         hidden_dim: int = 64,
-        num_experts: int = 8,
-        top_k: int = 2,
-        moe: bool = True,
+        moe: MoESettings = SEPARATION_MOE,
         dense_hidden_dim: int | None = None,
-        capacity_factor: float | None = None,
         mask_hidden: int = 128,
         mixer: Literal["attention", "lstm", "frame_lstm"] = "attention",
         frame_hidden: int = 128,
@@ -68,26 +67,26 @@ class SeparationTask(BaseMoETask):
         log_routing: bool = True,
     ) -> None:
         for name, value in (("n_fft", n_fft), ("hop", hop), ("dim", dim), ("depth", depth),
-                            ("num_heads", num_heads), ("hidden_dim", hidden_dim), ("num_experts", num_experts),
-                            ("top_k", top_k), ("mask_hidden", mask_hidden), ("frame_hidden", frame_hidden)):
+                            ("num_heads", num_heads), ("hidden_dim", hidden_dim),
+                            ("mask_hidden", mask_hidden), ("frame_hidden", frame_hidden)):
             check_positive_int(name, value)
         check_choice("mixer", mixer, ("attention", "lstm", "frame_lstm"))
         check_choice("mask_head", mask_head, ("band", "frame"))
         check_choice("mask", mask, ("complex", "softmax"))
         if dense_hidden_dim is not None:
             check_positive_int("dense_hidden_dim", dense_hidden_dim)
-        check_bool("moe", moe)
-        if capacity_factor is not None:
-            check_number("capacity_factor", capacity_factor, inclusive=False)
         super().__init__(aux_loss_weight=aux_loss_weight, log_routing=log_routing)
+
+    @classmethod
+    def upgrade_init_args(cls, init_args: dict[str, Any]) -> dict[str, Any]:
+        return upgrade_legacy_moe(init_args, cls.default_moe)
 
     def configure_models(self) -> None:
         hp = self.hparams
         self.model = TFMoESeparator(
             sample_rate=self.pre.sample_rate, num_speakers=self.pre.num_speakers, n_fft=hp.n_fft, hop=hp.hop,
             dim=hp.dim, depth=hp.depth, num_heads=hp.num_heads, hidden_dim=hp.hidden_dim,
-            num_experts=hp.num_experts, top_k=hp.top_k, moe=hp.moe, dense_hidden_dim=hp.dense_hidden_dim,
-            capacity_factor=hp.capacity_factor, mask_hidden=hp.mask_hidden, mixer=hp.mixer,
+            moe=self.moe, dense_hidden_dim=hp.dense_hidden_dim, mask_hidden=hp.mask_hidden, mixer=hp.mixer,
             frame_hidden=hp.frame_hidden, mask_head=hp.mask_head, mask=hp.mask)
 
     def configure_metrics(self) -> None:
