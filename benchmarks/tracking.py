@@ -75,7 +75,7 @@ ATTRIBUTES = ("occlusion", "out_of_view", "dark", "overexposed", "camouflage", "
 RGB_FAILS = ("dark", "overexposed", "camouflage", "fast_motion", "occlusion")
 ATTRIBUTE_ROWS = (*ATTRIBUTES, "rgb_fails")
 #: --smoke: a tiny model and data (depth 2: one token-level and one soft-MoE block, for --macs)
-SMOKE_MODEL = {"dim": 16, "depth": 2, "num_heads": 2, "hidden_dim": 16, "num_experts": 4, "slots": 2}
+SMOKE_MODEL = {"dim": 16, "depth": 2, "num_heads": 2, "hidden_dim": 16, "moe.num_experts": 4, "slots": 2}
 SMOKE_DATA = {"train_sequences": 2, "val_sequences": 1, "test_sequences": 3, "sequence_length": 24,
               "samples_per_epoch": 8, "batch_size": 4}
 SMOKE_STEPS, SMOKE_RUNS = 4, 1

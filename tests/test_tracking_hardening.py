@@ -29,7 +29,7 @@ PRE = {"template_size": 32, "search_size": 64}
 def tiny(modality=None):
     torch.manual_seed(0)
     return TrackingTask(preprocess={**PRE, "modality": modality}, dim=16, depth=2, num_heads=2, hidden_dim=16,
-                        num_experts=2, slots=1)
+                        moe={"num_experts": 2}, slots=1)
 
 
 def write_video(path: Path, n: int, size: tuple[int, int] = (40, 52)) -> None:
@@ -119,7 +119,7 @@ RSS_SCRIPT = textwrap.dedent("""
     from mmoe.tasks.tracking import TrackingTask
     torch.manual_seed(0)
     task = TrackingTask(preprocess={"template_size": 32, "search_size": 64, "modality": None}, dim=16, depth=2,
-                        num_heads=2, hidden_dim=16, num_experts=2, slots=1)
+                        num_heads=2, hidden_dim=16, moe={"num_experts": 2}, slots=1)
     task.predict(np.zeros((2, 480, 640, 3), np.uint8), [300, 200, 60, 50])  # warm-up
     out = task.predict(sys.argv[1], [300, 200, 60, 50])
     assert len(out["boxes"]) == int(sys.argv[2])

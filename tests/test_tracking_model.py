@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mmoe.settings import MoESettings
 from mmoe.moe_layer import MoELayer
 from mmoe.tasks.tracking.model import OneStreamMoETracker, centre_targets, decode_boxes, tracking_loss
 
 TINY = dict(template_size=32, search_size=64, patch_size=8, dim=32, depth=2, num_heads=2, hidden_dim=32,
-            num_experts=4, top_k=1, slots=2)
+            moe=MoESettings(num_experts=4, top_k=1), slots=2)
 
 
 def batch(B=3):
@@ -21,7 +22,7 @@ def batch(B=3):
 
 @pytest.mark.parametrize("moe", [True, False])
 def test_shapes_with_and_without_x(moe):
-    model = OneStreamMoETracker(**TINY, moe=moe)
+    model = OneStreamMoETracker(**(TINY | {"moe": TINY["moe"].replace(dense=not moe)}))
     z, s, zx, sx = batch()
     for out in (model(z, s, zx, sx), model(z, s)):
         assert out["score"].shape == (3, 8, 8) and out["size"].shape == (3, 2, 8, 8)

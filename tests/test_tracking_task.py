@@ -17,7 +17,7 @@ PRE = {"template_size": 32, "search_size": 64}
 def tiny(modality="depth"):
     torch.manual_seed(0)
     return TrackingTask(preprocess={**PRE, "modality": modality}, dim=16, depth=2, num_heads=2, hidden_dim=16,
-                        num_experts=2, slots=1)
+                        moe={"num_experts": 2}, slots=1)
 
 
 def frames(n=4, h=40, w=52):
@@ -114,7 +114,7 @@ def test_template_update(update, every, distinct):
     """Confident frames replace the template at most every ``template_update_every`` frames; a
     threshold no frame reaches (a random model's confidence is about 0.01) keeps the first one."""
     task = TrackingTask(preprocess={**PRE, "modality": None}, dim=16, depth=2, num_heads=2, hidden_dim=16,
-                        num_experts=2, slots=1, template_update=update, template_update_every=every)
+                        moe={"num_experts": 2}, slots=1, template_update=update, template_update_every=every)
     seen = []
     forward = task.model.forward
 

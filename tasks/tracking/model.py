@@ -13,14 +13,14 @@ Design choices:
 
 * One stream: template and search tokens attend to each other in every block, so matching and
   feature extraction are one computation (OSTrack, OneTracker).
-* Dual MoE: blocks alternate a token-level top-k MoE FFN (``router="softmax"``: per-token
-  experts for spatio-temporal matching) and a token-pooling soft MoE FFN (``router="soft"``:
-  each expert's slots pool tokens of every modality, UETrack's TP-MoE for fusion).
+* Dual MoE: blocks alternate a token-level MoE FFN (the ``moe`` settings' router, softmax top-k
+  by default: per-token experts for spatio-temporal matching) and a token-pooling soft MoE FFN
+  (``router="soft"``: each expert's slots pool tokens of every modality, UETrack's TP-MoE for fusion).
 * Four modality ids (template/search x RGB/X) and learned positions per grid shared by RGB and
   X, so a location's RGB and X tokens carry the same position.
 * Missing X: the X tokens are simply left out (the backbone takes any subset of its
   modalities); training drops X for a fraction of the batches so both paths are learned.
-* ``moe=False`` gives the dense baseline: every MoE FFN a dense FFN of the active width.
+* ``moe.dense`` gives the dense baseline: every MoE FFN a dense FFN of the active width.
 """
 
 from __future__ import annotations
@@ -30,9 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmoe.backbone import BlockSpec, MultimodalMoEBackbone
-from mmoe.validation import check_bool, check_positive_int
+from mmoe.settings import MoESettings
+from mmoe.validation import check_positive_int
 
 MODALITIES = ["z_rgb", "z_x", "s_rgb", "s_x"]
+#: the recipe's MoE: softmax top-1 of 4 experts in the matching blocks, dropless
+TRACKING_MOE = MoESettings(router="softmax", num_experts=4, top_k=1)
 
 
 class OneStreamMoETracker(nn.Module):
@@ -46,25 +49,23 @@ class OneStreamMoETracker(nn.Module):
         depth: backbone blocks (alternating token-level and soft MoE, starting with token-level).
         num_heads: attention heads.
         hidden_dim: hidden width of each expert.
-        num_experts: experts per MoE FFN.
-        top_k: experts per token in the token-level blocks.
-        slots: slots per expert in the soft-MoE blocks.
-        moe: False gives the dense baseline with the same active width.
+        moe: the MoE settings: router, top-k, capacity of the matching blocks; ``num_experts`` and the
+            loss weights of every MoE block; ``moe.dense`` gives the dense baseline with the same active width.
+        slots: slots per expert in the soft-MoE fusion blocks.
     """
 
-    def __init__(self, template_size: int = 64, search_size: int = 128, patch_size: int = 8, dim: int = 128,
-                 depth: int = 4, num_heads: int = 4, hidden_dim: int = 256, num_experts: int = 4, top_k: int = 1,
-                 slots: int = 4, moe: bool = True) -> None:
+    def __init__(self, *, template_size: int = 64, search_size: int = 128, patch_size: int = 8, dim: int = 128,
+                 depth: int = 4, num_heads: int = 4, hidden_dim: int = 256, moe: MoESettings = TRACKING_MOE,
+                 slots: int = 4) -> None:
         super().__init__()
         for name, value in (("template_size", template_size), ("search_size", search_size),
                             ("patch_size", patch_size), ("dim", dim), ("depth", depth), ("num_heads", num_heads),
-                            ("hidden_dim", hidden_dim), ("num_experts", num_experts), ("top_k", top_k),
-                            ("slots", slots)):
+                            ("hidden_dim", hidden_dim), ("slots", slots)):
             check_positive_int(name, value)
         if template_size % patch_size or search_size % patch_size:
             raise ValueError(f"patch_size: expected a divisor of template_size={template_size} and "
                              f"search_size={search_size}, got {patch_size}")
-        self.moe = check_bool("moe", moe)
+        self.dense = moe.dense
         self.template_size, self.search_size, self.patch_size = template_size, search_size, patch_size
         self.grid = search_size // patch_size
         self.rgb_embed = nn.Conv2d(3, dim, patch_size, stride=patch_size)
@@ -76,12 +77,13 @@ class OneStreamMoETracker(nn.Module):
         blocks = []
         for i in range(depth):
             soft = i % 2 == 1
+            fields = moe.block_fields()
+            if soft:  # the fusion blocks stay token-pooling soft MoE: dropless, no top-k
+                fields.update(router="soft", router_options={"slots": slots}, capacity_factor=None)
             blocks.append(BlockSpec(
-                mixer="attention", mixer_options={"num_heads": num_heads}, ffn="moe" if moe else "dense",
-                hidden_dim=hidden_dim, num_experts=num_experts, top_k=top_k,
-                router="soft" if soft else "softmax", router_options={"slots": slots} if soft else {},
+                mixer="attention", mixer_options={"num_heads": num_heads}, hidden_dim=hidden_dim,
                 # a soft-MoE token gets a mixture of all slots; its dense twin is one expert wide
-                dense_hidden_dim=hidden_dim if soft else top_k * hidden_dim, activation="gelu"))
+                dense_hidden_dim=hidden_dim if soft else moe.top_k * hidden_dim, activation="gelu", **fields))
         self.backbone = MultimodalMoEBackbone(MODALITIES, dim=dim, blocks=blocks, positions=False)
         self.head = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.GELU(), nn.Conv2d(dim, dim // 2, 3, padding=1),
                                   nn.GELU(), nn.Conv2d(dim // 2, 5, 1))

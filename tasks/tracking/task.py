@@ -9,11 +9,12 @@ import torch
 from torchmetrics import MetricCollection
 
 from mmoe.datamodules.tracking.crops import crop_around
+from mmoe.settings import MoESettings, upgrade_legacy_moe
 from mmoe.tasks.base import BaseMoETask
 from mmoe.tasks.tracking.io import TrackingPreprocess, finish_sequence, prepare_sequence
 from mmoe.tasks.tracking.metrics import NormalizedPrecision, PrecisionAt, RGBDFScore, SuccessAUC, box_iou
-from mmoe.tasks.tracking.model import OneStreamMoETracker, decode_boxes, tracking_loss
-from mmoe.validation import check_bool, check_number, check_positive_int
+from mmoe.tasks.tracking.model import TRACKING_MOE, OneStreamMoETracker, decode_boxes, tracking_loss
+from mmoe.validation import check_number, check_positive_int
 
 #: frames shown in the validation strip
 STRIP_FRAMES = 6
@@ -33,9 +34,11 @@ class TrackingTask(BaseMoETask):
     Args:
         preprocess: crop sizes and factors, the X modality (linked from the datamodule).
         patch_size: patch side. dim: token width. depth: backbone blocks. num_heads: attention heads.
-        hidden_dim: expert hidden width. num_experts: experts per MoE FFN. top_k: experts per token.
-        slots: soft-MoE slots per expert.
-        moe: False gives the dense baseline with the same active width.
+        hidden_dim: expert hidden width.
+        moe: the MoE settings (:class:`mmoe.settings.MoESettings`): router, top-k and capacity of the
+            matching blocks, experts and loss weights of every MoE block; ``moe.dense`` gives the dense
+            baseline with the same active width.
+        slots: slots per expert of the soft-MoE fusion blocks.
         x_dropout: probability of training a batch without X.
         lost_threshold: below this confidence the next search stays centred on the last
             confident box (the target may be hidden).
@@ -51,17 +54,16 @@ class TrackingTask(BaseMoETask):
     monitor = "val/success_auc"
     mode = "max"
     preprocess_class = TrackingPreprocess
+    default_moe = TRACKING_MOE
 
     def __init__(self, preprocess: TrackingPreprocess | None = None, patch_size: int = 8, dim: int = 128,
-                 depth: int = 4, num_heads: int = 4, hidden_dim: int = 256, num_experts: int = 4, top_k: int = 1,
-                 slots: int = 4, moe: bool = True, x_dropout: float = 0.1, lost_threshold: float = 0.2,
+                 depth: int = 4, num_heads: int = 4, hidden_dim: int = 256,
+                 moe: MoESettings = TRACKING_MOE, slots: int = 4, x_dropout: float = 0.1, lost_threshold: float = 0.2,
                  template_update: float | None = None, template_update_every: int = 10, window: float = 0.0,
                  aux_loss_weight: float = 1.0, log_routing: bool = True) -> None:
         for name, value in (("patch_size", patch_size), ("dim", dim), ("depth", depth), ("num_heads", num_heads),
-                            ("hidden_dim", hidden_dim), ("num_experts", num_experts), ("top_k", top_k),
-                            ("slots", slots)):
+                            ("hidden_dim", hidden_dim), ("slots", slots)):
             check_positive_int(name, value)
-        check_bool("moe", moe)
         if not 0 <= check_number("x_dropout", x_dropout) <= 1:
             raise ValueError(f"x_dropout: expected a probability in [0, 1], got {x_dropout!r}")
         if not 0 <= check_number("lost_threshold", lost_threshold) < 1:
@@ -73,12 +75,16 @@ class TrackingTask(BaseMoETask):
             raise ValueError(f"window: expected a weight in [0, 1), got {window!r}")
         super().__init__(aux_loss_weight=aux_loss_weight, log_routing=log_routing)
 
+    @classmethod
+    def upgrade_init_args(cls, init_args: dict[str, Any]) -> dict[str, Any]:
+        return upgrade_legacy_moe(init_args, cls.default_moe)
+
     def configure_models(self) -> None:
         hp = self.hparams
         self.model = OneStreamMoETracker(
             template_size=self.pre.template_size, search_size=self.pre.search_size, patch_size=hp.patch_size,
             dim=hp.dim, depth=hp.depth, num_heads=hp.num_heads, hidden_dim=hp.hidden_dim,
-            num_experts=hp.num_experts, top_k=hp.top_k, slots=hp.slots, moe=hp.moe)
+            moe=self.moe, slots=hp.slots)
 
     def configure_metrics(self) -> None:
         def one_pass() -> MetricCollection:
