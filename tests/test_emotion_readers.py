@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
+from mmoe.settings import MoESettings
 from mmoe.datamodules.emotion.readers import IEMOCAP_CLASSES, MELD_CLASSES, read_iemocap, read_meld, read_wav
 
 RATE = 16_000
@@ -55,7 +56,7 @@ def test_read_wav_int32_and_uint8_scaled_into_unit_range(tmp_path: Path) -> None
 
 
 def test_read_wav_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.wav"):
+    with pytest.raises(ValueError, match="nope.wav"):
         read_wav(tmp_path / "nope.wav")
     (tmp_path / "junk.wav").write_bytes(b"this is not a RIFF file at all")
     with pytest.raises(ValueError, match="junk.wav"):
@@ -63,6 +64,19 @@ def test_read_wav_errors(tmp_path: Path) -> None:
     wavfile.write(tmp_path / "empty.wav", RATE, np.zeros(0, dtype=np.int16))
     with pytest.raises(ValueError, match="empty.wav"):
         read_wav(tmp_path / "empty.wav")
+
+
+def test_read_wav_reads_flac_and_ogg_through_the_shared_reader(tmp_path: Path) -> None:
+    """Issue 27: emotion read WAV only (scipy); FLAC and OGG now go through mmoe.inputs.audio."""
+    import soundfile as sf
+
+    x = _sine(amp=0.6)
+    sf.write(str(tmp_path / "a.flac"), x, RATE, subtype="PCM_16")
+    sf.write(str(tmp_path / "a.ogg"), x, RATE, format="OGG", subtype="VORBIS")
+    wav, rate = read_wav(tmp_path / "a.flac")
+    assert rate == RATE and wav.dtype == np.float32
+    np.testing.assert_allclose(wav, x, atol=2 / 32768)
+    np.testing.assert_allclose(read_wav(tmp_path / "a.ogg")[0], x, atol=0.05)
 
 
 # --------------------------------------------------------------------------------------- IEMOCAP
@@ -228,8 +242,8 @@ def test_datamodule_reads_meld_and_iemocap_layouts_into_model_batches(tmp_path: 
     assert batch["labels"].tolist() == [[MELD_CLASSES.index("joy"), MELD_CLASSES.index("disgust")],
                                         [MELD_CLASSES.index("fear"), -1]]
     assert batch["audio_lengths"].tolist() == [int(0.2 * RATE)] * 3
-    task = EmotionTask(preprocess=dm.preprocess, dim=16, depth=1, num_heads=2, hidden_dim=16, num_experts=4,
-                       n_mels=16)
+    task = EmotionTask(preprocess=dm.preprocess, dim=16, depth=1, num_heads=2, hidden_dim=16,
+                       moe=MoESettings(num_experts=4), n_mels=16)
     out = task(batch)
     assert out["logits"].shape == (3, 7) and torch.isfinite(task.task_loss(out, batch))
 

@@ -3,7 +3,7 @@
 One code path prepares utterances for training (the emotion datamodule) and for inference
 (``EmotionTask.predict``), so both see identical inputs.
 
-An utterance is ``{"audio": 1-D float array or wav path, "sample_rate": int, "text": str}``
+An utterance is ``{"audio": 1-D float array or audio file path, "sample_rate": int, "text": str}``
 (``sample_rate`` is required with an array and read from the file with a path). A batch of
 conversations is a dict of tensors:
 
@@ -16,14 +16,12 @@ conversations is a dict of tensors:
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
-from mmoe.datamodules.emotion.readers import pcm_to_float, read_wav
+from mmoe.inputs.audio import load_waveform, resample
 
 SAMPLE_RATE = 16_000
 
@@ -45,40 +43,13 @@ def tokenize(texts: Sequence[str], context_length: int) -> torch.Tensor:
 
 def prepare_audio(audio: Any, sample_rate: int | None, target_rate: int = SAMPLE_RATE,
                   max_seconds: float | None = None, name: str = "audio") -> torch.Tensor:
-    """Mono float32 waveform at ``target_rate`` from an array/tensor (with ``sample_rate``) or a
-    wav path; resampled with torchaudio, cropped to ``max_seconds``. Raises ValueError or
-    TypeError naming ``name`` for bad input."""
-    if isinstance(audio, (str, os.PathLike)):
-
-        wave, rate = read_wav(audio)
-        if sample_rate is not None and sample_rate != rate:
-            raise ValueError(f"{name}: sample_rate {sample_rate} given for a wav file recorded at {rate} Hz")
-        sample_rate, audio = rate, wave
-    if isinstance(audio, torch.Tensor) and not audio.is_floating_point():
-        if audio.dtype in (torch.bool, torch.complex64, torch.complex128):
-            raise TypeError(f"{name}: expected real numbers, got dtype {audio.dtype}")
-        audio = audio.detach().cpu().numpy()  # integer PCM: one conversion for arrays and files
-    if isinstance(audio, np.ndarray):
-        if audio.dtype == np.bool_ or not (np.issubdtype(audio.dtype, np.floating)
-                                           or np.issubdtype(audio.dtype, np.integer)):
-            raise TypeError(f"{name}: expected real numbers, got dtype {audio.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(pcm_to_float(audio)))
-    elif isinstance(audio, torch.Tensor):
-        x = audio.detach().float().cpu()
-    else:
-        raise TypeError(f"{name}: expected a 1-D numpy array, torch.Tensor or wav path, got {type(audio).__name__}")
-    if x.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D mono waveform [samples], got shape {tuple(x.shape)}")
-    if sample_rate is None:
-        raise ValueError(f"{name}: 'sample_rate' is required with an array (expected a positive int, got None)")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise ValueError(f"{name}: sample_rate expected a positive int, got {sample_rate!r}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name}: contains NaN or inf ({x.numel()} samples)")
-    if int(sample_rate) != target_rate and x.numel():
-        import torchaudio
-
-        x = torchaudio.functional.resample(x, int(sample_rate), target_rate)
+    """Mono float32 waveform at ``target_rate`` from a 1-D array/tensor (with ``sample_rate``) or a
+    WAV/FLAC/OGG path (multi-channel files averaged), cropped to ``max_seconds``. The rules (integer
+    PCM, layouts, rates, file caps, the resampler) are :mod:`mmoe.inputs.audio`'s; errors name ``name``."""
+    # "conversation[3]['audio']" -> "conversation[3]['sample_rate']": errors name the key the user set
+    rate_name = name[: -len("['audio']")] + "['sample_rate']" if name.endswith("['audio']") else "sample_rate"
+    x, rate = load_waveform(audio, sample_rate, arg=name, rate_arg=rate_name, downmix=True)
+    x = resample(x, rate, target_rate, arg=rate_name)
     if max_seconds is not None:
         x = x[: int(max_seconds * target_rate)]
     return x.contiguous()

@@ -6,7 +6,7 @@ temporal order::
     {"id": str, "speaker": str, "text": str, "label": int, "audio": str}
 
 ``label`` indexes :data:`IEMOCAP_CLASSES` / :data:`MELD_CLASSES`; ``audio`` is the absolute path of
-the utterance's wav file (load it with :func:`read_wav`). Utterances without a wav file are skipped.
+the utterance's audio file (load it with :func:`read_wav`). Utterances without a wav file are skipped.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy.io import wavfile
+
+from mmoe.inputs.audio import read_audio
 
 IEMOCAP_CLASSES: tuple[str, ...] = ("neutral", "happy", "sad", "angry", "excited", "frustrated")
 MELD_CLASSES: tuple[str, ...] = ("neutral", "joy", "sadness", "anger", "surprise", "fear", "disgust")
@@ -35,40 +36,14 @@ _MELD_SPLITS = ("train", "dev", "test")
 _MELD_COLUMNS = ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")
 
 
-def pcm_to_float(data: np.ndarray) -> np.ndarray:
-    """float32 samples from PCM: integers are mapped to [-1, 1) the way wav files store them
-    (unsigned: offset by half their range, as 8-bit wav; signed: divided by 2**(bits-1));
-    floats are kept. The one conversion for wav files and arrays alike."""
-    if np.issubdtype(data.dtype, np.unsignedinteger):
-        half = float(np.iinfo(data.dtype).max // 2 + 1)
-        return ((data.astype(np.float64) - half) / half).astype(np.float32)
-    if np.issubdtype(data.dtype, np.signedinteger):  # 24-bit data arrives left-justified in int32
-        return (data.astype(np.float64) / float(np.iinfo(data.dtype).max + 1)).astype(np.float32)
-    return data.astype(np.float32)
-
-
 def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Mono float32 waveform in [-1, 1] and its sample rate, read with ``scipy.io.wavfile``.
+    """Mono float32 waveform and its sample rate of a WAV/FLAC/OGG file (the name is historical).
 
-    Accepts int16/int32/uint8/float wav files; multi-channel audio is averaged to mono.
-    Raises FileNotFoundError for a missing file and ValueError (naming the path) for an
-    unreadable or empty one.
+    Read by :func:`mmoe.inputs.audio.read_audio` (soundfile; integer PCM to [-1, 1), multi-channel
+    audio averaged to mono, a size cap from the header). Raises ValueError naming the path for a
+    missing, unreadable or empty file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"wav file not found: {path}")
-    try:
-        rate, data = wavfile.read(path)
-    except Exception as e:  # scipy raises ValueError, EOFError, struct.error, ... on bad files
-        raise ValueError(f"cannot read wav file {path}: {e}") from e
-    if data.size == 0:
-        raise ValueError(f"empty wav file: {path}")
-    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
-        raise ValueError(f"unsupported wav sample type {data.dtype} in {path}")
-    wav = pcm_to_float(data)
-    if wav.ndim == 2:
-        wav = wav.mean(axis=1)
-    return np.clip(wav, -1.0, 1.0).astype(np.float32, copy=False), int(rate)
+    return read_audio(path, arg="path", downmix=True)
 
 
 def _read_text(path: Path) -> str:
