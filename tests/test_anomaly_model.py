@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mmoe.settings import MoESettings
 from mmoe.experts import DenseFFN
 from mmoe.moe_layer import MoELayer
 from mmoe.tasks.anomaly import AnomalyPreprocess, AnomalyTask
@@ -20,7 +21,8 @@ PRE = AnomalyPreprocess(image_size=32, modality_names=["brain_mri", "ct", "fundu
 
 def _task(**kw) -> AnomalyTask:
     torch.manual_seed(0)
-    args = dict(preprocess=PRE, dim=16, depth=2, num_heads=2, hidden_dim=16, experts_per_task=3, top_k=1)
+    args = dict(preprocess=PRE, dim=16, depth=2, num_heads=2, hidden_dim=16,
+                moe=MoESettings(router="proxy_task", groups=4, num_experts=12, top_k=1))
     return AnomalyTask(**(args | kw))
 
 
@@ -42,7 +44,7 @@ def test_each_proxy_task_uses_only_its_expert_group() -> None:
     for layer in layers:
         pair_token, expert, per_sample = layer.last_assignment
         sample = pair_token // per_sample
-        group = expert // 3  # experts_per_task
+        group = expert // 3  # experts per proxy-task group
         assert torch.equal(group, ids[sample])
         # every group got tokens: the four tasks are all in the batch
         assert set(group.tolist()) == {0, 1, 2, 3}
@@ -55,16 +57,18 @@ def test_each_proxy_task_uses_only_its_expert_group() -> None:
 
 
 def test_dense_baseline_has_the_same_active_parameters() -> None:
-    moe, dense = _task(), _task(routing="dense")
+    moe, dense = _task(), _task(moe=MoESettings(router="proxy_task", groups=4, num_experts=12, top_k=1, dense=True))
     layer = next(m for m in moe.model.modules() if isinstance(m, MoELayer))
     ffn = next(m for m in dense.model.modules() if isinstance(m, DenseFFN))
     per_expert = layer.experts.w_in[0].numel() + layer.experts.w_out[0].numel()
     active = (layer.top_k + 1) * per_expert  # k routed + the group's shared expert
     dense_weights = ffn.mlp.w_in.numel() + ffn.mlp.w_out.numel()
     assert dense_weights == active
-    learned = _task(routing="learned")
+    learned = _task(moe=MoESettings(router="softmax", num_experts=12, top_k=2))
     layer = next(m for m in learned.model.modules() if isinstance(m, MoELayer))
     assert layer.top_k == 2 and layer.router_kind == "softmax"
+    with pytest.raises(ValueError, match="moe.groups: the proxy_task router needs one group per proxy task"):
+        _task(moe=MoESettings(router="proxy_task", groups=2, num_experts=12, top_k=1))
 
 
 def test_rotate_cells_and_blur() -> None:
@@ -139,7 +143,7 @@ def test_predict_rejects_unknown_modality_and_bad_arguments() -> None:
         _task().predict(np.zeros((8, 8)), modality="xray")
     with pytest.raises(ValueError, match="tasks"):
         _task(tasks=["inpaint", "jigsaw"])
-    with pytest.raises(ValueError, match="experts_per_task"):
-        _task(experts_per_task=1)
+    with pytest.raises(ValueError, match="groups: expected a divisor of num_experts=4 leaving >= top_k"):
+        _task(moe=MoESettings(router="proxy_task", groups=4, num_experts=4, top_k=1))
     with pytest.raises(ValueError, match="image_size"):
         AnomalyPreprocess(image_size=30)

@@ -12,12 +12,13 @@ self-supervised proxy tasks at once; each proxy task is routed to its own expert
 * ``rotation``: every ``4 * patch`` cell of the image is rotated by a random multiple of 90 degrees;
   predict each token's rotation (a geometric-transform task with a per-token answer).
 
-Routing: every MoE FFN has ``len(tasks) * experts_per_task`` experts in one group per proxy task,
-the last expert of a group shared by its tokens. With ``routing="task"`` the router is the nested
-router whose group is the sample's proxy task (task-conditioned; the token top-k inside the group
-is learned); ``"learned"`` is a plain softmax top-(k+1) router over all experts that sees the task
-only through the task embedding added to every token; ``"dense"`` replaces each MoE FFN by a dense
-FFN of width ``(top_k + 1) * hidden_dim``: the same active parameters per token.
+Routing (the ``moe`` settings): by default every MoE FFN has ``moe.num_experts`` experts in one
+group per proxy task (``moe.groups == len(tasks)``), the last expert of a group shared by its
+tokens, and the ``"proxy_task"`` router: the nested router whose group is the sample's proxy task
+(task-conditioned; the token top-k inside the group is learned). Any other router (e.g. softmax
+top-(k+1), which sees the task only through the task embedding added to every token) routes over
+all experts. ``moe.dense`` replaces each MoE FFN by a dense FFN of width ``(top_k + 1) * hidden_dim``
+(the active parameters per token of the task router).
 
 Scoring (:meth:`ProxyTaskMoE.anomaly_maps`): each proxy task gives a per-pixel error on the
 unaltered image: inpainting error (complementary checkerboard masks of 2- and 4-token blocks, averaged), denoising error (a
@@ -42,9 +43,9 @@ from torch import nn
 from mmoe.backbone import BlockSpec, MultimodalMoEBackbone
 from mmoe.moe_layer import MoELayer
 from mmoe.routers import NestedRouter, register_router
+from mmoe.settings import MoESettings
 
 PROXY_TASKS = ("inpaint", "denoise", "pseudo_seg", "rotation")
-Routing = Literal["task", "learned", "dense"]
 #: group logit of the sample's task: softmax gives it gate 1.0 in float32
 _FORCED_LOGIT = 1e4
 
@@ -98,6 +99,10 @@ def rotate_cells(x: torch.Tensor, k: torch.Tensor, cell: int) -> torch.Tensor:
     return out.permute(0, 3, 1, 4, 2, 5).reshape(B, C, H, W)
 
 
+#: the recipe's MoE: the proxy-task router, one group of 2 experts (1 routed + 1 shared) per proxy task
+ANOMALY_MOE = MoESettings(router="proxy_task", groups=4, num_experts=8, top_k=1)
+
+
 class ProxyTaskMoE(nn.Module):
     """The multi-task transformer; see the module docstring.
 
@@ -108,10 +113,8 @@ class ProxyTaskMoE(nn.Module):
         patch: patch side (tokens are ``patch x patch`` pixels).
         dim: token width. depth: transformer blocks. num_heads: attention heads.
         hidden_dim: hidden width of each expert.
-        experts_per_task: experts per proxy task group (the last one shared by the group).
-        top_k: routed experts per token inside the group.
-        routing: ``"task"``, ``"learned"`` or ``"dense"`` (see the module docstring).
-        capacity_factor: MoE capacity factor (None: dropless).
+        moe: the MoE settings of every block (see the module docstring); the ``"proxy_task"`` router
+            needs ``moe.groups == len(tasks)``.
         mask_ratio: share of tokens masked for ``inpaint``.
         noise_std: noise standard deviation for ``denoise``.
         smooth_sigma: Gaussian smoothing of the per-task maps in pixels.
@@ -121,6 +124,7 @@ class ProxyTaskMoE(nn.Module):
 
     def __init__(
         self,
+        *,
         tasks: list[str],
         image_size: int = 64,
         num_modalities: int = 4,
@@ -129,10 +133,7 @@ class ProxyTaskMoE(nn.Module):
         depth: int = 4,
         num_heads: int = 4,
         hidden_dim: int = 128,
-        experts_per_task: int = 2,
-        top_k: int = 1,
-        routing: Routing = "task",
-        capacity_factor: float | None = None,
+        moe: MoESettings = ANOMALY_MOE,
         mask_ratio: float = 0.5,
         noise_std: float = 0.1,
         smooth_sigma: float = 2.0,
@@ -145,7 +146,7 @@ class ProxyTaskMoE(nn.Module):
         if map_tasks is not None and (not map_tasks or any(t not in tasks for t in map_tasks)):
             raise ValueError(f"map_tasks: expected a non-empty subset of tasks={list(tasks)}, got {map_tasks!r}")
         self.tasks, self.image_size, self.patch = list(tasks), image_size, patch
-        self.routing, self.mask_ratio, self.noise_std = routing, mask_ratio, noise_std
+        self.mask_ratio, self.noise_std = mask_ratio, noise_std
         self.smooth_sigma, self.top_fraction = smooth_sigma, top_fraction
         self.map_tasks = list(map_tasks or tasks)
         T, g = len(self.tasks), image_size // patch
@@ -157,15 +158,12 @@ class ProxyTaskMoE(nn.Module):
         nn.init.normal_(self.task_embed, std=0.02)
         self.mask_token = nn.Parameter(torch.zeros(dim))
         nn.init.normal_(self.mask_token, std=0.02)
-        E = T * experts_per_task
-        if routing == "task":
-            spec = dict(ffn="moe", num_experts=E, top_k=top_k, router="proxy_task", router_options={"groups": T})
-        elif routing == "learned":
-            spec = dict(ffn="moe", num_experts=E, top_k=top_k + 1, router="softmax")
-        else:
-            spec = dict(ffn="dense", top_k=top_k, dense_hidden_dim=(top_k + 1) * hidden_dim)
+        if moe.router == "proxy_task" and moe.groups != T:
+            raise ValueError(f"moe.groups: the proxy_task router needs one group per proxy task, expected {T}, "
+                             f"got {moe.groups}")
         blocks = [BlockSpec(mixer="attention", mixer_options={"num_heads": num_heads}, hidden_dim=hidden_dim,
-                            capacity_factor=capacity_factor, activation="gelu", **spec) for _ in range(depth)]
+                            dense_hidden_dim=(moe.top_k + 1) * hidden_dim, activation="gelu", **moe.block_fields())
+                  for _ in range(depth)]
         self.backbone = MultimodalMoEBackbone(["image"], dim, blocks=blocks, positions=False)
         out = {"inpaint": 3 * patch * patch, "denoise": 3 * patch * patch, "pseudo_seg": patch * patch, "rotation": 4}
         self.heads = nn.ModuleDict({t: nn.Linear(dim, out[t]) for t in self.tasks})

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from mmoe.tasks.anomaly.io import AnomalyPreprocess, finish_maps, prepare_images
 from mmoe.tasks.anomaly.metrics import AnomalyMetrics
-from mmoe.tasks.anomaly.model import PROXY_TASKS, ProxyTaskMoE
+from mmoe.tasks.anomaly.model import ANOMALY_MOE, PROXY_TASKS, ProxyTaskMoE
+from mmoe.settings import MoESettings, upgrade_legacy_moe
 from mmoe.tasks.base import BaseMoETask
-from mmoe.validation import check_choice, check_number, check_positive_int
+from mmoe.validation import check_number, check_positive_int
 
 
 class AnomalyTask(BaseMoETask):
@@ -35,11 +36,10 @@ class AnomalyTask(BaseMoETask):
         tasks: proxy tasks (names from inpaint, denoise, pseudo_seg, rotation); None: all four.
         patch: patch side in pixels. dim: token width. depth: transformer blocks.
         num_heads: attention heads. hidden_dim: hidden width of each expert.
-        experts_per_task: experts per proxy-task group (the last shared by the group).
-        top_k: routed experts per token inside the group.
-        routing: ``"task"`` (task-conditioned), ``"learned"`` (softmax router) or ``"dense"``
-            (the dense baseline with the same active parameters).
-        capacity_factor: MoE capacity factor (None: dropless).
+        moe: the MoE settings (:class:`mmoe.settings.MoESettings`): by default the task-conditioned
+            ``"proxy_task"`` router (one group per proxy task: ``moe.groups == len(tasks)``); any other
+            registered router routes over all experts (``softmax``: learned routing); ``moe.dense``
+            gives the dense baseline with the same active parameters.
         mask_ratio: share of masked tokens for inpainting. noise_std: denoising noise level.
         smooth_sigma: Gaussian smoothing of the per-task maps (pixels).
         top_fraction: the image score is the mean of this share of the map's highest pixels.
@@ -51,6 +51,7 @@ class AnomalyTask(BaseMoETask):
     monitor = "val/loss"
     mode = "min"
     preprocess_class = AnomalyPreprocess
+    default_moe = ANOMALY_MOE
 
     def __init__(
         self,
@@ -61,10 +62,7 @@ class AnomalyTask(BaseMoETask):
         depth: int = 4,
         num_heads: int = 4,
         hidden_dim: int = 128,
-        experts_per_task: int = 2,
-        top_k: int = 1,
-        routing: Literal["task", "learned", "dense"] = "task",
-        capacity_factor: float | None = None,
+        moe: MoESettings = ANOMALY_MOE,
         mask_ratio: float = 0.5,
         noise_std: float = 0.1,
         smooth_sigma: float = 2.0,
@@ -79,16 +77,10 @@ class AnomalyTask(BaseMoETask):
                     or any(t not in PROXY_TASKS for t in tasks)):
                 raise ValueError(f"tasks: expected distinct names from {list(PROXY_TASKS)}, got {tasks!r}")
         for name, value in (("patch", patch), ("dim", dim), ("depth", depth), ("num_heads", num_heads),
-                            ("hidden_dim", hidden_dim), ("experts_per_task", experts_per_task), ("top_k", top_k)):
+                            ("hidden_dim", hidden_dim)):
             check_positive_int(name, value)
-        if experts_per_task < top_k + 1:
-            raise ValueError(f"experts_per_task: expected >= top_k + 1 = {top_k + 1} (routed + shared), "
-                             f"got {experts_per_task}")
         if dim % num_heads:
             raise ValueError(f"num_heads: expected a divisor of dim={dim}, got {num_heads}")
-        check_choice("routing", routing, ("task", "learned", "dense"))
-        if capacity_factor is not None:
-            check_number("capacity_factor", capacity_factor, inclusive=False)
         if not 0 < check_number("mask_ratio", mask_ratio) < 1:
             raise ValueError(f"mask_ratio: expected a value in (0, 1), got {mask_ratio!r}")
         check_number("noise_std", noise_std, inclusive=False)
@@ -103,6 +95,21 @@ class AnomalyTask(BaseMoETask):
         super().__init__(aux_loss_weight=aux_loss_weight, log_routing=log_routing)
         self._calib: dict[str, torch.Tensor] | None = None
 
+    @classmethod
+    def upgrade_init_args(cls, init_args: dict[str, Any]) -> dict[str, Any]:
+        args = dict(init_args)
+        if not any(k in args for k in ("experts_per_task", "routing", "top_k", "capacity_factor")):
+            return args
+        tasks = args.get("tasks") or list(PROXY_TASKS)
+        routing = args.pop("routing", "task")
+        top_k = args.pop("top_k", cls.default_moe.top_k)
+        args["num_groups"] = len(tasks)
+        args["experts_per_group"] = args.pop("experts_per_task", cls.default_moe.num_experts // cls.default_moe.groups)
+        args["top_k"] = top_k + 1 if routing == "learned" else top_k  # "learned" was softmax top-(k+1)
+        args = upgrade_legacy_moe(args, cls.default_moe, groups_key="num_groups", per_group_key="experts_per_group")
+        args["moe"].update(router="softmax" if routing == "learned" else "proxy_task", dense=routing == "dense")
+        return args
+
     @property
     def proxy_tasks(self) -> list[str]:
         return list(self.hparams.tasks or PROXY_TASKS)
@@ -115,8 +122,7 @@ class AnomalyTask(BaseMoETask):
         self.model = ProxyTaskMoE(
             tasks=self.proxy_tasks, image_size=pre.image_size, num_modalities=len(pre.modality_names),
             patch=hp.patch, dim=hp.dim, depth=hp.depth, num_heads=hp.num_heads, hidden_dim=hp.hidden_dim,
-            experts_per_task=hp.experts_per_task, top_k=hp.top_k, routing=hp.routing,
-            capacity_factor=hp.capacity_factor, mask_ratio=hp.mask_ratio, noise_std=hp.noise_std,
+            moe=self.moe, mask_ratio=hp.mask_ratio, noise_std=hp.noise_std,
             smooth_sigma=hp.smooth_sigma, top_fraction=hp.top_fraction, map_tasks=hp.map_tasks)
 
     def configure_metrics(self) -> None:
