@@ -224,6 +224,13 @@ class MMoECLI(LightningCLI):
         except (ValueError, TypeError, ImportError) as exc:
             raise ValueError(f"{source}: hyper_parameters: {exc}") from None
         init_args = {k: v for k, v in hparams.items() if not str(k).startswith("_") and k != "preprocess"}
+        upgrade = getattr(cls, "upgrade_init_args", None)
+        if upgrade is not None:  # a checkpoint written before a task's arguments changed
+            try:
+                init_args = upgrade(init_args)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{source}: hyper_parameters of an older mmoe do not map to today's arguments: "
+                                 f"{exc}") from None
         # what the user's own config already sets for the same class is the user's choice, not the file's
         own = _init_args(config.get("model")) if _parsed_class(config.get("model")) is cls else {}
         check_init_args(cls, {k: v for k, v in init_args.items() if not _equal(own.get(k, _MISSING), v)}, source)

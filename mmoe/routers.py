@@ -86,6 +86,9 @@ class Router(nn.Module):
     #: padding removed); False when a decision depends on the other tokens of the sample
     #: (sample-level pooling, soft slots).
     token_level: bool = True
+    #: what the owning model must set on the router before each forward (e.g. ``"task_ids"``); a task
+    #: lists what it provides in ``BaseMoETask.router_context`` and refuses routers needing more
+    context: str | None = None
 
     def __init__(self, dim: int, num_experts: int, top_k: int) -> None:
         super().__init__()

@@ -106,6 +106,8 @@ class BaseMoETask(LightningModule):
     load_forbidden_args: tuple[str, ...] = ()
     #: the task's MoE settings when its ``moe`` argument is None (a dict overrides them field by field)
     default_moe: MoESettings = MoESettings()
+    #: what the task's model sets on its routers before a forward (see ``mmoe.routers.Router.context``)
+    router_context: tuple[str, ...] = ()
 
     def __init__(self, aux_loss_weight: float = 1.0, log_routing: bool = True) -> None:
         super().__init__()
@@ -126,6 +128,7 @@ class BaseMoETask(LightningModule):
         self.optim = OptimConfig()
         self.model: nn.Module
         self.configure_models()
+        self._check_router_context()
         self.configure_losses()
         self.configure_metrics()
         self._routing: dict[str, dict[str, dict[str, torch.Tensor]]] = {s: {} for s in SPLITS}
@@ -136,6 +139,12 @@ class BaseMoETask(LightningModule):
         """``init_args`` recorded by an older mmoe (a checkpoint or zoo file) in today's form; a task
         whose arguments changed maps the old names here, so released files keep loading."""
         return init_args
+
+    def _check_router_context(self) -> None:
+        for layer in self.modules():
+            if isinstance(layer, MoELayer) and layer.router.context not in (None, *self.router_context):
+                raise ValueError(f"moe.router: {layer.router_kind!r} needs {layer.router.context!r} set by its task "
+                                 f"model, which {type(self).__name__} does not provide")
 
     # ------------------------------------------------------------------ hooks
     def configure_models(self) -> None:

@@ -61,6 +61,8 @@ class ProxyTaskRouter(NestedRouter):
         groups: number of proxy tasks (expert groups).
     """
 
+    context = "task_ids"
+
     def __init__(self, dim: int, num_experts: int, top_k: int, groups: int = 4) -> None:
         super().__init__(dim, num_experts, top_k, groups)
         self.task_ids: torch.Tensor | None = None

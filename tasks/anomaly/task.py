@@ -52,6 +52,7 @@ class AnomalyTask(BaseMoETask):
     mode = "min"
     preprocess_class = AnomalyPreprocess
     default_moe = ANOMALY_MOE
+    router_context = ("task_ids",)
 
     def __init__(
         self,
