@@ -176,6 +176,63 @@ def test_librimix_csv_cannot_point_outside_root(tmp_path: Path) -> None:
         read_librimix(tmp_path / "Libri2Mix", "dev", 8000, "min", "mix_clean")
 
 
+def _librimix_meta(root: Path) -> Path:
+    return root / "wav8k" / "min" / "metadata" / "mixture_dev_mix_clean.csv"
+
+
+def test_librimix_non_utf8_csv_names_the_path(tmp_path: Path) -> None:
+    make_librimix(tmp_path)
+    meta = _librimix_meta(tmp_path)
+    meta.write_bytes(meta.read_bytes().replace(b"100-2000", b"\xff\xfe-2000"))
+    with pytest.raises(ValueError, match=r"root: .*mixture_dev_mix_clean\.csv.* is not UTF-8"):
+        read_librimix(tmp_path, "dev")
+
+
+def test_librimix_row_with_missing_columns_names_row_and_column(tmp_path: Path) -> None:
+    make_librimix(tmp_path)
+    meta = _librimix_meta(tmp_path)
+    lines = meta.read_text().splitlines()
+    lines[2] = ",".join(lines[2].split(",")[:2])  # the second row stops after mixture_path
+    meta.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"row 2 column 'source_1_path' is empty or missing"):
+        read_librimix(tmp_path, "dev")
+    lines[2] = lines[1].rsplit(",", 1)[0] + ",inf"
+    meta.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"row 2 column 'length': expected a whole number"):
+        read_librimix(tmp_path, "dev")
+
+
+def test_librimix_row_cannot_point_into_another_split(tmp_path: Path) -> None:
+    """Re-rooting kept five path parts: a test CSV row could read training files (leakage)."""
+    make_librimix(tmp_path, split="dev")
+    make_librimix(tmp_path, split="train-100")
+    meta = _librimix_meta(tmp_path)
+    meta.write_text(meta.read_text().replace("/min/dev/s1/", "/min/train-100/s1/", 1))
+    with pytest.raises(ValueError, match=r"root: LibriMix CSV path '.*/train-100/s1/.*' \(.*row 1 column "
+                                         r"'source_1_path'\) does not end in dev/"):
+        read_librimix(tmp_path, "dev")
+
+
+def test_librimix_symlink_out_of_the_split_is_refused(tmp_path: Path) -> None:
+    make_librimix(tmp_path / "data")
+    outside = tmp_path / "secret.wav"
+    _write(outside, np.zeros(100), 8000)
+    name = next((tmp_path / "data" / "wav8k" / "min" / "dev" / "s2").glob("*.wav"))
+    name.unlink()
+    name.symlink_to(outside)
+    with pytest.raises(ValueError, match=r"root: .*row \d column 'source_2_path': the file .* resolves to "
+                                         r".*secret\.wav', outside"):
+        read_librimix(tmp_path / "data", "dev")
+
+
+def test_corrupt_wav_names_the_path(tmp_path: Path) -> None:
+    make_librimix(tmp_path)
+    record = read_librimix(tmp_path, "dev")[0]
+    Path(record.sources[1]).write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunk")
+    with pytest.raises(ValueError, match=r"record\.sources\[1\]: could not read '.*/s2/.*\.wav' as audio"):
+        load_record(record, 8000)
+
+
 def make_wsj0(root: Path, rate: int = 8000, split: str = "tt") -> dict[str, np.ndarray]:
     rng = np.random.default_rng(2)
     folder = root / "2speakers" / f"wav{rate // 1000}k" / "min" / split
@@ -187,6 +244,17 @@ def make_wsj0(root: Path, rate: int = 8000, split: str = "tt") -> dict[str, np.n
         _write(folder / "s2" / f"{name}.wav", s[1], rate)
         truth[name] = s
     return truth
+
+
+def test_wsj0_2mix_symlink_out_of_the_split_is_refused(tmp_path: Path) -> None:
+    make_wsj0(tmp_path / "data")
+    outside = tmp_path / "other.wav"
+    _write(outside, np.zeros(100), 8000)
+    mix = next((tmp_path / "data" / "2speakers" / "wav8k" / "min" / "tt" / "mix").glob("*.wav"))
+    mix.unlink()
+    mix.symlink_to(outside)
+    with pytest.raises(ValueError, match=r"root: mixture .* resolves to .*other\.wav', outside"):
+        read_wsj0_2mix(tmp_path / "data", "tt")
 
 
 def test_wsj0_2mix_reader_and_datamodule(tmp_path: Path) -> None:

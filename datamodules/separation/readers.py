@@ -6,25 +6,34 @@ LibriMix (Libri2Mix)::
     <root>/wav{8k,16k}/{min,max}/metadata/mixture_<split>_<type>.csv
         mixture_ID, mixture_path, source_1_path, source_2_path[, noise_path], length
 
-The CSV paths are absolute on the machine that generated them; they are re-rooted under
-``root`` by their last five components (``wav8k/min/<split>/<folder>/<id>.wav``).
+The CSV paths are absolute on the machine that generated them; they are re-rooted into the CSV's own
+split folder by their last two components (``<folder>/<id>.wav``): a row must name that split as its
+third-last component, so a test CSV cannot lead into a training split. A path that resolves (through
+symlinks) outside its split folder is refused.
 
 WSJ0-2mix::
 
     <root>/2speakers/wav{8k,16k}/{min,max}/{tr,cv,tt}/{mix,s1,s2}/<name>.wav  (``root`` may be ``2speakers``)
+
+Audio is read by :func:`mmoe.inputs.audio.read_audio` (soundfile; a corrupt file is a ValueError naming it).
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from mmoe.inputs.audio import read_audio
+
 LIBRIMIX_SPLITS = ("train-360", "train-100", "dev", "test")
 LIBRIMIX_TYPES = ("mix_clean", "mix_both")
+LIBRIMIX_FOLDERS = ("mix_clean", "mix_both", "mix_single", "s1", "s2", "noise")
 WSJ0_SPLITS = ("tr", "cv", "tt")
 MODES = ("min", "max")
 
@@ -46,30 +55,33 @@ def _rate_dir(sample_rate: int) -> str:
     return f"wav{sample_rate // 1000}k"
 
 
-def read_audio(path: str | os.PathLike, sample_rate: int | None = None, arg: str = "path") -> tuple[np.ndarray, int]:
-    """Mono float32 audio and its rate; ``sample_rate`` (when given) must match the file's. Errors name ``arg``."""
-    import soundfile as sf
-
-    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    if audio.shape[1] != 1:
-        raise ValueError(f"{arg}: expected a mono file, got {audio.shape[1]} channels in {str(path)!r}")
-    if sample_rate is not None and rate != sample_rate:
-        raise ValueError(f"{arg}: expected {sample_rate} Hz audio, got {rate} Hz in {str(path)!r}")
-    return audio[:, 0], int(rate)
+def _inside(path: Path, folder: Path, real_folder: Path, what: str) -> str:
+    """``path`` as a string, refused when it resolves (symlinks followed) outside ``folder``
+    (``real_folder``: ``folder.resolve()``, computed once per listing)."""
+    real = path.resolve()
+    if not real.is_relative_to(real_folder):
+        raise ValueError(f"root: {what} {str(path)!r} resolves to {str(real)!r}, outside {str(folder)!r}")
+    return str(path)
 
 
-def _reroot(root: Path, path: str) -> str:
-    parts = Path(path.replace("\\", "/")).parts
-    tail = parts[-5:]
-    # a CSV must not lead the reader out of root: the five kept parts are plain names
-    if len(parts) < 5 or any(p in ("", ".", "..") or "/" in p for p in tail):
-        raise ValueError(f"root: LibriMix CSV path {path!r} does not end in wav*/<mode>/<split>/<folder>/<id>.wav")
-    return str(root.joinpath(*tail))
+def _reroot(split_dir: Path, real_split: Path, path: str | None, where: str) -> str:
+    """The CSV's ``path`` as ``split_dir/<folder>/<id>.wav`` (``real_split``: ``split_dir.resolve()``);
+    ``where`` names the row and column in errors."""
+    if not path:
+        raise ValueError(f"root: {where} is empty or missing")
+    parts = PurePosixPath(path.replace("\\", "/")).parts
+    # a CSV must not lead the reader out of its split: the kept parts are plain names under this split
+    if (len(parts) < 3 or parts[-3] != split_dir.name or parts[-2] not in LIBRIMIX_FOLDERS
+            or parts[-1] in (".", "..")):
+        raise ValueError(f"root: LibriMix CSV path {path!r} ({where}) does not end in "
+                         f"{split_dir.name}/<{'|'.join(LIBRIMIX_FOLDERS)}>/<id>.wav")
+    return _inside(split_dir / parts[-2] / parts[-1], split_dir, real_split, f"{where}: the file")
 
 
 def read_librimix(root: str | os.PathLike, split: str, sample_rate: int = 8000, mode: str = "min",
                   mixture_type: str = "mix_clean") -> list[MixtureRecord]:
-    """The mixtures of a Libri2Mix split from its metadata CSV, paths re-rooted under ``root``."""
+    """The mixtures of a Libri2Mix split from its metadata CSV, paths re-rooted into
+    ``root/wav<rate>k/<mode>/<split>`` (see the module docstring); errors name the CSV, row and column."""
     if split not in LIBRIMIX_SPLITS:
         raise ValueError(f"split: expected one of {LIBRIMIX_SPLITS}, got {split!r}")
     if mode not in MODES:
@@ -84,23 +96,42 @@ def read_librimix(root: str | os.PathLike, split: str, sample_rate: int = 8000, 
     if csv_path is None:
         raise ValueError(f"root: no LibriMix metadata {name} under {str(base)!r} (looked in "
                          f"{[str(p) for p in candidates]})")
+    try:
+        text = csv_path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"root: {str(csv_path)!r} is not UTF-8 text ({e})") from e
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    needed = ("mixture_ID", "mixture_path", "source_1_path", "source_2_path")
+    missing = set(needed) - set(reader.fieldnames or [])
+    if missing:
+        raise ValueError(f"root: {str(csv_path)!r} lacks the columns {sorted(missing)}")
+    split_dir = rate_mode / split
+    real_split = split_dir.resolve()
     records = []
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        needed = {"mixture_ID", "mixture_path", "source_1_path", "source_2_path"}
-        missing = needed - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"root: {str(csv_path)!r} lacks the columns {sorted(missing)}")
-        for row in reader:
-            length = row.get("length")
-            records.append(MixtureRecord(
-                name=row["mixture_ID"], mixture=_reroot(rate_mode.parents[1], row["mixture_path"]),
-                sources=(_reroot(rate_mode.parents[1], row["source_1_path"]),
-                         _reroot(rate_mode.parents[1], row["source_2_path"])),
-                length=int(float(length)) if length not in (None, "") else None))
+    for row_no, row in enumerate(reader, start=1):
+        where = {c: f"{str(csv_path)!r} row {row_no} column {c!r}" for c in needed + ("length",)}
+        if not row["mixture_ID"]:
+            raise ValueError(f"root: {where['mixture_ID']} is empty or missing")
+        records.append(MixtureRecord(
+            name=row["mixture_ID"], mixture=_reroot(split_dir, real_split, row["mixture_path"], where["mixture_path"]),
+            sources=tuple(_reroot(split_dir, real_split, row[c], where[c]) for c in ("source_1_path", "source_2_path")),
+            length=_length(row.get("length"), where["length"])))
     if not records:
         raise ValueError(f"root: {str(csv_path)!r} lists no mixtures")
     return records
+
+
+def _length(value: str | None, where: str) -> int | None:
+    """The CSV's ``length`` column (samples) as an int, None when absent."""
+    if value in (None, ""):
+        return None
+    try:
+        n = float(value)
+    except ValueError:
+        n = math.nan
+    if not (math.isfinite(n) and n >= 0 and n == int(n)):
+        raise ValueError(f"root: {where}: expected a whole number of samples >= 0, got {value!r}")
+    return int(n)
 
 
 def read_wsj0_2mix(root: str | os.PathLike, split: str, sample_rate: int = 8000, mode: str = "min") -> list[MixtureRecord]:
@@ -115,13 +146,14 @@ def read_wsj0_2mix(root: str | os.PathLike, split: str, sample_rate: int = 8000,
     folder = base / _rate_dir(sample_rate) / mode / split
     if not (folder / "mix").is_dir():
         raise ValueError(f"root: no WSJ0-2mix folder {str(folder / 'mix')!r}")
-    records = []
+    records, real_folder = [], folder.resolve()
     for mix in sorted((folder / "mix").glob("*.wav")):
-        sources = tuple(str(folder / s / mix.name) for s in ("s1", "s2"))
+        sources = tuple(folder / s / mix.name for s in ("s1", "s2"))
         for s in sources:
-            if not os.path.isfile(s):
-                raise ValueError(f"root: mixture {str(mix)!r} has no source file {s!r}")
-        records.append(MixtureRecord(name=mix.stem, mixture=str(mix), sources=sources))
+            if not s.is_file():
+                raise ValueError(f"root: mixture {str(mix)!r} has no source file {str(s)!r}")
+        records.append(MixtureRecord(name=mix.stem, mixture=_inside(mix, folder, real_folder, "mixture"),
+                                     sources=tuple(_inside(s, folder, real_folder, "source") for s in sources)))
     if not records:
         raise ValueError(f"root: no .wav mixtures in {str(folder / 'mix')!r}")
     return records
@@ -129,7 +161,8 @@ def read_wsj0_2mix(root: str | os.PathLike, split: str, sample_rate: int = 8000,
 
 def load_record(record: MixtureRecord, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
     """``(mixture [L], sources [S, L])`` of a record; lengths are cut to the shortest file."""
-    mix, _ = read_audio(record.mixture, sample_rate)
-    sources = [read_audio(p, sample_rate)[0] for p in record.sources]
+    mix, _ = read_audio(record.mixture, arg="record.mixture", sample_rate=sample_rate)
+    sources = [read_audio(p, arg=f"record.sources[{i}]", sample_rate=sample_rate)[0]
+               for i, p in enumerate(record.sources)]
     n = min([len(mix)] + [len(s) for s in sources])
     return mix[:n], np.stack([s[:n] for s in sources])
