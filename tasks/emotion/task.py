@@ -255,10 +255,10 @@ class EmotionTask(BaseMoETask):
         """Emotion of every utterance of ``conversation``, in order.
 
         Args:
-            conversation: list of ``{"audio": 1-D array/tensor or wav path, "sample_rate": int
+            conversation: list of ``{"audio": 1-D array/tensor or WAV/FLAC/OGG path, "sample_rate": int
                 (required with an array), "text": str}``; audio is resampled and cropped as in
                 training (``preprocess.sample_rate``, ``preprocess.max_seconds``). Integer arrays
-                are PCM, converted as wav files are.
+                are PCM, converted as wav files are (rules: :mod:`mmoe.inputs.audio`).
 
         Returns ``[{"label": str, "probabilities": {class: p}, "gate": {expert: w}}]``.
         """

@@ -184,15 +184,15 @@ class SeparationTask(BaseMoETask):
 
         Args:
             audio: mono audio ``[samples]``, a batch ``[N, samples]`` (numpy, float or integer PCM, or a
-                torch tensor), or a path to an audio file soundfile reads (wav, flac, ...). Any length:
+                torch tensor; ``[samples, channels]`` is refused), or a WAV/FLAC/OGG path. Any length:
                 inputs longer than ``preprocess.chunk_seconds`` are separated in overlapping chunks with
                 a consistent speaker order.
             sample_rate: the rate of ``audio`` in Hz (required for arrays and tensors; a file has its own).
-                Other rates than the model's are resampled in and back out.
+                1000..384000; other rates than the model's are resampled in and back out.
 
         Returns the sources ``[S, samples]`` (``[N, S, samples]`` for a batch) at the input's rate and
-        length: numpy float (the input's float dtype, float32 for integer PCM and files), or a torch
-        tensor for a tensor input.
+        length: numpy for arrays and files, torch for tensors; the input's float dtype (float32 for
+        integer PCM and files). Input rules: :mod:`mmoe.inputs.audio`.
         """
         return super().predict(audio, sample_rate)
 
