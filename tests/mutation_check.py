@@ -13,6 +13,9 @@ subpackages resolve into the copy, and a sanity mutant (``mmoe`` fails to import
 before any result is trusted. A mutant whose text pattern is not found (the code moved) is
 reported "not applied", never as killed.
 
+Each mutant's tests are first run on the unmutated copy (once per test selection): a mutant is
+only "killed" when they pass there.
+
 Exit status: 0 when every applied mutant is killed, 1 when one survives or the set-up is not sound.
 """
 
@@ -35,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass(frozen=True)
 class Mutant:
     """One change: ``pattern`` (a regex, which must match exactly ``count`` times in ``path``) is
-    replaced by ``replacement``; ``tests`` are the test files (globs under the root) that should fail."""
+    replaced by ``replacement``; ``tests`` are the test files (globs under the root) that should fail
+    (``select``: only their tests matching this ``-k`` expression)."""
 
     name: str
     description: str
@@ -44,6 +48,7 @@ class Mutant:
     replacement: str
     tests: tuple[str, ...]
     count: int = 1
+    select: str | None = None  # a pytest -k expression, where only some tests of the files apply
 
 
 MACS_TESTS = ("tests/test_macs_reference.py", "tests/test_moe_layer.py", "tests/test_routing_dynamics.py")
@@ -58,7 +63,8 @@ MUTANTS: tuple[Mutant, ...] = (
     # --- from issue 37
     Mutant("pcm_not_full_scale", "integer PCM not divided by full scale (mmoe.inputs.audio.pcm_to_float, signed)",
            "mmoe/inputs/audio.py",
-           r"(np\.signedinteger\):\s*\n\s*return \(data\.astype\(np\.float64\)) / float\(np\.iinfo\(data\.dtype\)\.max \+ 1\)",
+           r"(np\.signedinteger\):\s*\n\s*return \(data\.astype\(np\.float64\))"
+           r" / float\(np\.iinfo\(data\.dtype\)\.max \+ 1\)",
            r"\1", AUDIO_TESTS),
     Mutant("pcm_not_full_scale_separation_io", "integer PCM not divided by full scale (the separation task's own "
            "conversion, while it has one)", "tasks/separation/io.py",
@@ -80,6 +86,10 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("load_balance_unscaled", "Switch load-balance loss not multiplied by the number of experts",
            "mmoe/moe_layer.py", r"self\.load_balance_weight \* self\.num_experts \* \(",
            "self.load_balance_weight * (", ("tests/test_moe_layer.py",)),
+    Mutant("anomaly_calibration_per_rank", "anomaly calibration not summed over ranks (each rank its own)",
+           "tasks/anomaly/task.py",
+           r"c = \{k: trainer\.strategy\.reduce\(v, reduce_op=\"sum\"\) for k, v in c\.items\(\)\}", "c = c",
+           ("tests/test_parallel_lightning.py",), select="round_trip and anomaly"),
 )
 
 
@@ -129,8 +139,19 @@ def check_resolution(python: str, copy: Path, env: dict[str, str], cwd: Path) ->
         raise SystemExit("mutation_check: these modules do not come from the copy:\n" + "\n".join(wrong))
 
 
-def run_mutant(m: Mutant, python: str, copy: Path, env: dict[str, str], timeout: float) -> tuple[str, str]:
-    """``(status, detail)``: status is killed, survived, not applied, no tests or error."""
+def run_tests(m: Mutant, tests: list[str], python: str, copy: Path, env: dict[str, str],
+              timeout: float) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.perf_counter()
+    select = ["-k", m.select] if m.select else []
+    r = subprocess.run([python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *select, *tests], cwd=copy,
+                       env=env, capture_output=True, text=True, timeout=timeout)
+    return r, time.perf_counter() - start
+
+
+def run_mutant(m: Mutant, python: str, copy: Path, env: dict[str, str], timeout: float,
+               baseline: dict[tuple, str]) -> tuple[str, str]:
+    """``(status, detail)``: status is killed, survived, not applied, no tests, baseline fails or error.
+    ``baseline`` caches, per test selection, the failure of the unmutated tree ("" when it passes)."""
     path = copy / m.path
     if not path.is_file():
         return "not applied", f"{m.path} does not exist"
@@ -141,16 +162,20 @@ def run_mutant(m: Mutant, python: str, copy: Path, env: dict[str, str], timeout:
     tests = sorted({str(p.relative_to(copy)) for g in m.tests for p in copy.glob(g)})
     if not tests:
         return "no tests", f"none of {m.tests} exists"
-    path.write_text(mutated)
+    key = (tuple(tests), m.select)
     try:
-        start = time.perf_counter()
-        r = subprocess.run([python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=copy,
-                           env=env, capture_output=True, text=True, timeout=timeout)
-        seconds = time.perf_counter() - start
+        if m is not SANITY and key not in baseline:  # a failure without the mutant kills nothing
+            r, _ = run_tests(m, tests, python, copy, env, timeout)
+            baseline[key] = "" if r.returncode == 0 else (r.stdout.strip().splitlines() or ["?"])[-1]
+        if baseline.get(key):
+            return "baseline fails", f"the unmutated tree fails these tests: {baseline[key]}"
+        path.write_text(mutated)
+        try:
+            r, seconds = run_tests(m, tests, python, copy, env, timeout)
+        finally:
+            path.write_text(original)
     except subprocess.TimeoutExpired:
         return "error", f"tests ran past {timeout:.0f} s"
-    finally:
-        path.write_text(original)
     last = (r.stdout.strip().splitlines() or ["(no output)"])[-1]
     if r.returncode == 0:
         return "survived", f"{last} ({seconds:.0f} s)"
@@ -188,13 +213,14 @@ def main() -> int:
         (boot / "sitecustomize.py").write_text(SITECUSTOMIZE.format(original=str(ROOT), copy=str(copy)))
         env = environment(boot)
         check_resolution(python, copy, env, work)
-        status, detail = run_mutant(SANITY, python, copy, env, args.timeout)
+        baseline: dict[tuple, str] = {}
+        status, detail = run_mutant(SANITY, python, copy, env, args.timeout, baseline)
         if status != "killed":
             print(f"sanity mutant {status}: {detail}; the copy's code is not what the tests run", file=sys.stderr)
             return 1
         results = []
         for m in chosen:
-            status, detail = run_mutant(m, python, copy, env, args.timeout)
+            status, detail = run_mutant(m, python, copy, env, args.timeout, baseline)
             results.append((m, status, detail))
             print(f"{status:12s} {m.name:32s} {detail}", flush=True)
     finally:
@@ -205,7 +231,7 @@ def main() -> int:
     print("\n| mutant | file | status | detail |\n|---|---|---|---|")
     for m, status, detail in results:
         print(f"| {m.name}: {m.description} | {m.path} | {status} | {detail} |")
-    survived = [m.name for m, s, _ in results if s in ("survived", "error", "no tests")]
+    survived = [m.name for m, s, _ in results if s in ("survived", "error", "no tests", "baseline fails")]
     skipped = [m.name for m, s, _ in results if s == "not applied"]
     print(f"\nsurvived (or not run): {', '.join(survived) or 'none'}; not applied: {', '.join(skipped) or 'none'}")
     return 1 if survived else 0
