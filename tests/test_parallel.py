@@ -162,25 +162,35 @@ def worker(rank: int, world: int, port: int, out: str, cases: dict[str, tuple]) 
     dist.all_gather_object(everyone, results)
     if rank == 0:
         merged = {k: [f"rank {r}: {e}" for r, res in enumerate(everyone) for e in res[k]] for k in results}
-        Path(out).write_text(json.dumps(merged))
+        Path(out + ".part").write_text(json.dumps(merged))
+        os.replace(out + ".part", out)  # whole or absent: a teardown abort leaves a complete file
     dist.destroy_process_group()
 
 
-def spawn_once_more_on_crash(fn, args_for_port, nprocs: int) -> None:
-    """``mp.spawn`` on a fresh port; a worker killed by a signal is started once more. In one
-    full-suite CI run a gloo worker aborted at start-up ("terminate called without an active
-    exception"), not reproducible alone; an error raised inside a worker is never retried."""
-    try:
-        mp.spawn(fn, args=args_for_port(free_port()), nprocs=nprocs, join=True)
-    except mp.ProcessExitedException as e:
-        if e.signal_name is None:
-            raise
-        mp.spawn(fn, args=args_for_port(free_port()), nprocs=nprocs, join=True)
+def spawn_retrying_crashes(fn, args_for_port, nprocs: int, outputs: list[Path], tries: int = 3) -> None:
+    """``mp.spawn`` on a fresh port; a worker killed by a signal is started again (``tries`` in
+    all). In full-suite CI runs a gloo worker twice aborted ("terminate called without an active
+    exception"), not reproducible alone. When every one of ``outputs`` (the workers' last
+    writes) is there, the abort came at teardown and the results stand. An error raised inside a worker is never
+    retried."""
+    for attempt in range(tries):
+        for out in outputs:
+            out.unlink(missing_ok=True)
+        try:
+            mp.spawn(fn, args=args_for_port(free_port()), nprocs=nprocs, join=True)
+            return
+        except mp.ProcessExitedException as e:
+            if e.signal_name is None:
+                raise
+            if all(out.exists() for out in outputs):
+                return
+            if attempt == tries - 1:
+                raise
 
 
 def spawn(world: int, cases: dict[str, tuple], tmp: Path) -> dict[str, list[str]]:
     out = tmp / f"results-{world}.json"
-    spawn_once_more_on_crash(worker, lambda port: (world, port, str(out), cases), world)
+    spawn_retrying_crashes(worker, lambda port: (world, port, str(out), cases), world, [out])
     return json.loads(out.read_text())
 
 

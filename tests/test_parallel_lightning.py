@@ -163,9 +163,10 @@ def test_checkpoint_round_trip_one_process_and_expert_parallel(conf: Path, tmp_p
     batch = first_batch(cli)
     torch.save(batch, tmp_path / "batch.pt")
 
-    from test_parallel import spawn_once_more_on_crash
+    from test_parallel import spawn_retrying_crashes
 
-    spawn_once_more_on_crash(round_trip_worker, lambda port: (2, port, str(config), str(tmp_path)), 2)
+    outputs = [tmp_path / f"from_ep_rank{rank}.pt" for rank in range(2)]  # the last thing a worker writes
+    spawn_retrying_crashes(round_trip_worker, lambda port: (2, port, str(config), str(tmp_path)), 2, outputs)
 
     single = mmoe.load(str(tmp_path / "single.ckpt"))
     # A validation may set state from the data it sees (the anomaly task calibrates its map on the
