@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmoe.datamodules.emotion.conversation import SAMPLE_RATE, collate_conversations
 from mmoe.datamodules.emotion.readers import IEMOCAP_CLASSES, MELD_CLASSES, read_iemocap, read_meld
 from mmoe.datamodules.emotion.synthetic import CLASSES, UTTERANCE_TYPES, generate_conversations
+from mmoe.inputs.audio import pcm_to_float
 from mmoe.validation import check_choice, check_positive_int
 
 DATASETS = ("synthetic", "iemocap", "meld")
@@ -38,8 +39,8 @@ class ConversationDataset(Dataset):
         out = []
         for utt in self.conversations[i]:
             audio = utt["audio"]
-            if isinstance(audio, np.ndarray) and audio.dtype == np.int16:
-                audio = torch.from_numpy(audio.astype(np.float32) / 32767.0)
+            if isinstance(audio, np.ndarray) and audio.dtype == np.int16:  # the one PCM conversion (as wav files)
+                audio = torch.from_numpy(pcm_to_float(audio))
             out.append({**utt, "audio": audio})
         return out
 
@@ -132,7 +133,7 @@ class EmotionDataModule(LightningDataModule):
             convs = generate_conversations(hp.num_conversations, hp.seed, hp.min_turns, hp.max_turns_generated)
             for conv in convs:  # int16 in memory, like a wav file
                 for utt in conv:
-                    utt["audio"] = np.round(utt["audio"] * 32767).astype(np.int16)
+                    utt["audio"] = np.round(utt["audio"] * 32767).astype(np.int16)  # peak <= 1: no clipping
             train, val, test = self._split(convs, hp.val_fraction, hp.test_fraction)
         elif hp.dataset == "iemocap":
             train_val = read_iemocap(hp.root, [1, 2, 3, 4])

