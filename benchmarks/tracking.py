@@ -13,7 +13,7 @@
 Each config (configs/tracking/<name>.yaml) is trained with ``mmoe fit`` semantics (LightningCLI, the
 config's seed unless --seed), the fit is timed, and the best-validation checkpoint is loaded with
 ``mmoe.load`` and run over every sequence of the datamodule's test split with the task's tracking
-loop (``TrackingTask.track``, from the first frame's true box). Scores (``mmoe.tasks.tracking.metrics``,
+loop (``TrackingTask.track_sequence``, from the first frame's true box). Scores (``mmoe.tasks.tracking.metrics``,
 see their docstrings: frame 0 not scored, absent frames not scored, per-sequence means):
 success AUC, precision at 20 px, normalised precision and, on RGB-D test data, the VOT-RGBD
 F-score from the per-frame confidence (for every method, RGB-only ones included). Per attribute (occlusion, out_of_view, dark, overexposed, camouflage,
@@ -201,7 +201,7 @@ def evaluate(model, items: list[dict[str, Any]], rgbd: bool) -> dict:
     scores = TrackScores(rgbd=rgbd)
     start = time.perf_counter()
     for item in items:
-        out = model.track(item["frames"], item.get("x"), item["boxes"][0])
+        out = model.track_sequence(item["frames"], item.get("x"), item["boxes"][0])
         scores.update(item, out["boxes"], out["confidence"])
     seconds = time.perf_counter() - start
     return {"test": scores.compute(), "eval_seconds": round(seconds, 1)}

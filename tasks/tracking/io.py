@@ -61,7 +61,7 @@ def _layout(frame: np.ndarray, arg: str, channels: tuple[int, ...]) -> np.ndarra
     return frame
 
 
-def _as_float(frame: np.ndarray, arg: str, pre: TrackingPreprocess, channels: tuple[int, ...]) -> np.ndarray:
+def as_float_frame(frame: np.ndarray, arg: str, pre: TrackingPreprocess, channels: tuple[int, ...]) -> np.ndarray:
     """One frame as float32 in [0, 1], ``[H, W, 3]`` (RGB) or ``[H, W]`` (X)."""
     frame = _layout(frame, arg, channels)
     if frame.dtype == np.uint8:
@@ -79,9 +79,9 @@ def _as_float(frame: np.ndarray, arg: str, pre: TrackingPreprocess, channels: tu
     raise ValueError(f"{arg}: expected dtype uint8, uint16 (depth) or float in [0, 1], got {frame.dtype}")
 
 
-def _rgb(frame: np.ndarray, arg: str, pre: TrackingPreprocess) -> np.ndarray:
+def rgb_frame(frame: np.ndarray, arg: str, pre: TrackingPreprocess) -> np.ndarray:
     """A checked RGB frame: uint8 ``[H, W, 3]`` kept as uint8 (the tracker converts it), else float32 in [0, 1]."""
-    return _layout(frame, arg, (3,)) if frame.dtype == np.uint8 else _as_float(frame, arg, pre, (3,))
+    return _layout(frame, arg, (3,)) if frame.dtype == np.uint8 else as_float_frame(frame, arg, pre, (3,))
 
 
 class LazyFrames:
@@ -184,7 +184,7 @@ def open_sequence(pre: TrackingPreprocess, frames: Any, init_box: Any, x_frames:
     """Check predict's inputs without reading more than the first frame:
     ``(rgb frames, X frames or None, init_box float64)``, the frames read lazily (:class:`LazyFrames`)."""
     box = check_box(init_box)
-    rgb = LazyFrames(FrameReader(frames, "frames"), "frames", lambda f, name: _rgb(f, name, pre), None, True)
+    rgb = LazyFrames(FrameReader(frames, "frames"), "frames", lambda f, name: rgb_frame(f, name, pre), None, True)
     n = len(rgb)
     if n == 0:
         raise ValueError("frames: expected at least one frame, got none")
@@ -198,8 +198,8 @@ def open_sequence(pre: TrackingPreprocess, frames: Any, init_box: Any, x_frames:
                 raise ValueError(f"frames[{i}]: expected the first frame's size {(H, W)}, got {tuple(f.shape[:2])}")
     x = None
     if x_frames is not None:
-        x = LazyFrames(FrameReader(x_frames, "x_frames"), "x_frames", lambda f, name: _as_float(f, name, pre, (1,)),
-                       (H, W), False)
+        x = LazyFrames(FrameReader(x_frames, "x_frames"), "x_frames",
+                       lambda f, name: as_float_frame(f, name, pre, (1,)), (H, W), False)
         if len(x) != n:
             raise ValueError(f"x_frames: expected as many frames as frames ({n}), got {len(x)}")
         x.frame(0)

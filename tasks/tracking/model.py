@@ -20,6 +20,10 @@ Design choices:
   X, so a location's RGB and X tokens carry the same position.
 * Missing X: the X tokens are simply left out (the backbone takes any subset of its
   modalities); training drops X for a fraction of the batches so both paths are learned.
+* One model for every X (``modality_prompt=True``): a learned embedding per X kind
+  (:data:`X_KINDS`: none, depth, thermal, event) is added to every token, so the weights know
+  which sensor the X tokens come from (and that there are none). It starts at zero; without the
+  option there is no such parameter, so files saved before it load unchanged.
 * ``moe.dense`` gives the dense baseline: every MoE FFN a dense FFN of the active width.
 """
 
@@ -34,6 +38,8 @@ from mmoe.settings import MoESettings
 from mmoe.validation import check_positive_int
 
 MODALITIES = ["z_rgb", "z_x", "s_rgb", "s_x"]
+#: the X kinds of the modality prompt, by id (0: no X)
+X_KINDS: tuple[str | None, ...] = (None, "depth", "thermal", "event")
 #: the recipe's MoE: softmax top-1 of 4 experts in the matching blocks, dropless
 TRACKING_MOE = MoESettings(router="softmax", num_experts=4, top_k=1)
 
@@ -52,11 +58,12 @@ class OneStreamMoETracker(nn.Module):
         moe: the MoE settings: router, top-k, capacity of the matching blocks; ``num_experts`` and the
             loss weights of every MoE block; ``moe.dense`` gives the dense baseline with the same active width.
         slots: slots per expert in the soft-MoE fusion blocks.
+        modality_prompt: add a learned embedding of the X kind (:data:`X_KINDS`) to every token.
     """
 
     def __init__(self, *, template_size: int = 64, search_size: int = 128, patch_size: int = 8, dim: int = 128,
                  depth: int = 4, num_heads: int = 4, hidden_dim: int = 256, moe: MoESettings = TRACKING_MOE,
-                 slots: int = 4) -> None:
+                 slots: int = 4, modality_prompt: bool = False) -> None:
         super().__init__()
         for name, value in (("template_size", template_size), ("search_size", search_size),
                             ("patch_size", patch_size), ("dim", dim), ("depth", depth), ("num_heads", num_heads),
@@ -74,6 +81,9 @@ class OneStreamMoETracker(nn.Module):
         self.s_pos = nn.Parameter(torch.zeros(1, self.grid**2, dim))
         nn.init.trunc_normal_(self.z_pos, std=0.02)
         nn.init.trunc_normal_(self.s_pos, std=0.02)
+        # zeros: a new prompt starts neutral (the model as without it)
+        prompt = nn.Parameter(torch.zeros(len(X_KINDS), dim)) if modality_prompt else None
+        self.register_parameter("x_kind_embed", prompt)
         blocks = []
         for i in range(depth):
             soft = i % 2 == 1
@@ -91,13 +101,13 @@ class OneStreamMoETracker(nn.Module):
             self.head[-1].bias[0].fill_(-4.6)
 
     def no_weight_decay(self) -> list[str]:
-        return ["z_pos", "s_pos"]
+        return ["z_pos", "s_pos"] + (["x_kind_embed"] if self.x_kind_embed is not None else [])
 
     def _tokens(self, conv: nn.Conv2d, image: torch.Tensor) -> torch.Tensor:
         return conv(image).flatten(2).transpose(1, 2)
 
     def forward(self, template: torch.Tensor, search: torch.Tensor, template_x: torch.Tensor | None = None,
-                search_x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                search_x: torch.Tensor | None = None, x_kind: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Centre-head maps on the ``S/p x S/p`` search grid.
 
         Args:
@@ -105,6 +115,8 @@ class OneStreamMoETracker(nn.Module):
             search: RGB search crops ``[B, 3, S, S]`` in [0, 1].
             template_x: X template crops ``[B, 1, T, T]`` in [0, 1], or None (X missing).
             search_x: X search crops ``[B, 1, S, S]``, given exactly when ``template_x`` is.
+            x_kind: ids ``[B]`` into :data:`X_KINDS` of each sample's X (used with ``modality_prompt``);
+                None: 0 (none) without X, 1 (depth) with X.
 
         Returns ``{"score": logits [B, g, g], "size": [B, 2, g, g] (w, h) / S in (0, 1),
         "offset": [B, 2, g, g] in (0, 1) (centre within its cell)}``.
@@ -125,6 +137,15 @@ class OneStreamMoETracker(nn.Module):
                                  f"got {tuple(template_x.shape)} and {tuple(search_x.shape)}")
             tokens["z_x"] = self._tokens(self.x_embed, template_x) + self.z_pos
             tokens["s_x"] = self._tokens(self.x_embed, search_x) + self.s_pos
+        if self.x_kind_embed is not None:
+            if x_kind is None:
+                x_kind = torch.full((B,), 0 if template_x is None else 1, dtype=torch.long, device=template.device)
+            if x_kind.shape != (B,) or x_kind.dtype != torch.long:
+                raise ValueError(f"x_kind: expected [{B}] int64 ids, got {tuple(x_kind.shape)} {x_kind.dtype}")
+            # without X every id is 0 (none): set here rather than checked (no device sync)
+            ids = x_kind if template_x is not None else torch.zeros_like(x_kind)
+            prompt = self.x_kind_embed[ids][:, None, :].to(tokens["z_rgb"].dtype)
+            tokens = {k: v + prompt for k, v in tokens.items()}
         out = self.backbone(tokens)
         s = out["s_rgb"] + out["s_x"] if "s_x" in out else out["s_rgb"]
         g = self.grid

@@ -8,12 +8,12 @@ import numpy as np
 import torch
 from torchmetrics import MetricCollection
 
-from mmoe.datamodules.tracking.crops import crop_around
 from mmoe.settings import MoESettings, upgrade_legacy_moe
 from mmoe.tasks.base import BaseMoETask
 from mmoe.tasks.tracking.io import TrackingPreprocess, finish_sequence, prepare_sequence
 from mmoe.tasks.tracking.metrics import NormalizedPrecision, PrecisionAt, RGBDFScore, SuccessAUC, box_iou
-from mmoe.tasks.tracking.model import TRACKING_MOE, OneStreamMoETracker, decode_boxes, tracking_loss
+from mmoe.tasks.tracking.model import TRACKING_MOE, OneStreamMoETracker, tracking_loss
+from mmoe.tasks.tracking.stream import Tracker, resolve_modality, track_sequence
 from mmoe.validation import check_number, check_positive_int
 
 #: frames shown in the validation strip
@@ -48,6 +48,9 @@ class TrackingTask(BaseMoETask):
         template_update_every: fewest frames between two template updates.
         window: weight in [0, 1) of a Hann-window prior on the score map at inference (the cell
             nearest the previous position wins ties; 0: off), see :func:`.model.decode_boxes`.
+        modality_prompt: one model for every X: a learned embedding of the X kind (none, depth,
+            thermal, event; from the batch's ``x_kind``, or predict/track's ``modality``) is added to
+            every token (:class:`.model.OneStreamMoETracker`). Off: the single-X model of older files.
         aux_loss_weight: weight of the MoE auxiliary losses. log_routing: log routing stats.
     """
 
@@ -60,7 +63,7 @@ class TrackingTask(BaseMoETask):
                  depth: int = 4, num_heads: int = 4, hidden_dim: int = 256,
                  moe: MoESettings = TRACKING_MOE, slots: int = 4, x_dropout: float = 0.1, lost_threshold: float = 0.2,
                  template_update: float | None = None, template_update_every: int = 10, window: float = 0.0,
-                 aux_loss_weight: float = 1.0, log_routing: bool = True) -> None:
+                 modality_prompt: bool = False, aux_loss_weight: float = 1.0, log_routing: bool = True) -> None:
         for name, value in (("patch_size", patch_size), ("dim", dim), ("depth", depth), ("num_heads", num_heads),
                             ("hidden_dim", hidden_dim), ("slots", slots)):
             check_positive_int(name, value)
@@ -73,6 +76,8 @@ class TrackingTask(BaseMoETask):
         check_positive_int("template_update_every", template_update_every)
         if not 0 <= check_number("window", window) < 1:
             raise ValueError(f"window: expected a weight in [0, 1), got {window!r}")
+        if not isinstance(modality_prompt, bool):
+            raise TypeError(f"modality_prompt: expected a bool, got {modality_prompt!r}")
         super().__init__(aux_loss_weight=aux_loss_weight, log_routing=log_routing)
 
     @classmethod
@@ -84,7 +89,7 @@ class TrackingTask(BaseMoETask):
         self.model = OneStreamMoETracker(
             template_size=self.pre.template_size, search_size=self.pre.search_size, patch_size=hp.patch_size,
             dim=hp.dim, depth=hp.depth, num_heads=hp.num_heads, hidden_dim=hp.hidden_dim,
-            moe=self.moe, slots=hp.slots)
+            moe=self.moe, slots=hp.slots, modality_prompt=bool(hp.get("modality_prompt", False)))
 
     def configure_metrics(self) -> None:
         def one_pass() -> MetricCollection:
@@ -98,12 +103,13 @@ class TrackingTask(BaseMoETask):
     def forward(self, batch: dict[str, Any]) -> Any:
         if "frames" in batch:  # a whole sequence (validation, test, predict): from its first box
             init = batch["init_box"] if "init_box" in batch else batch["boxes"][0]
-            return self.track(batch["frames"], batch.get("x"), init)
+            return self.track_sequence(batch["frames"], batch.get("x"), init, batch.get("modality"))
         use_x = bool(batch["has_x"].all()) and self.pre.modality is not None
-        if use_x and self.training and self.hparams.x_dropout > 0:
+        if use_x and self.training and self.hparams.x_dropout > 0:  # modality dropout: RGB alone must track
             use_x = bool(torch.rand(()) >= self.hparams.x_dropout)
         if use_x:
-            return self.model(batch["template"], batch["search"], batch["template_x"], batch["search_x"])
+            return self.model(batch["template"], batch["search"], batch["template_x"], batch["search_x"],
+                              batch.get("x_kind"))
         return self.model(batch["template"], batch["search"])
 
     def task_loss(self, output: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
@@ -113,65 +119,36 @@ class TrackingTask(BaseMoETask):
         """Training has no tracking metrics (pairs are not sequences)."""
 
     # ------------------------------------------------------------------ tracking
-    @torch.no_grad()
-    def track(self, frames: torch.Tensor, x: torch.Tensor | None, init_box: torch.Tensor
-              ) -> dict[str, torch.Tensor]:
+    def track(self, first_frame: Any, init_box: Any, x: Any = None, modality: str | None = None) -> Tracker:
+        """Start following a target: ``tracker = model.track(frame, box, x)``, then
+        ``box, confidence = tracker.update(next_frame, next_x)`` for every next frame.
+
+        Args:
+            first_frame: the first RGB frame ``[H, W, 3]``, uint8 or float in [0, 1] (array or tensor).
+            init_box: the target in it, ``(x, y, w, h)`` in pixels.
+            x: its X frame ``[H, W]`` (uint8, uint16 depth in millimetres, or float in [0, 1]), or None.
+            modality: what X is (``"depth"``, ``"thermal"``, ``"event"``); None: ``preprocess.modality``.
+                A model trained without ``modality_prompt`` accepts only its own.
+
+        Returns a :class:`~mmoe.tasks.tracking.stream.Tracker` (bounded state: templates and last box).
+        Inference runs without gradients and in eval mode, whatever the model's mode.
+        """
+        return Tracker(self, first_frame, init_box, x, modality)
+
+    def track_sequence(self, frames: Any, x: Any, init_box: Any, modality: str | None = None
+                       ) -> dict[str, torch.Tensor]:
         """Track through ``frames [N, H, W, 3]`` (uint8, or float in [0, 1]) from ``init_box``
-        (xywh pixels in frame 0); ``x [N, H, W]`` in [0, 1] or None. Returns ``{"boxes": [N, 4]
-        pixels, "confidence": [N]}`` (frame 0: the initial box, confidence 1)."""
-        pre, device = self.pre, self.device
-        dtype = next(p for p in self.parameters() if p.is_floating_point()).dtype
-        frames = frames.cpu()  # kept in its own dtype: one frame at a time becomes float (memory)
-
-        def frame(t: int) -> np.ndarray:
-            f = frames[t]
-            return (f.float() / 255 if f.dtype == torch.uint8 else f.float()).numpy()
-
-        xs = x.float().cpu().numpy() if (x is not None and pre.modality is not None) else None
-        H, W = frames.shape[1:3]
-        box = init_box.double().cpu().numpy()
-
-        def tensor(a: np.ndarray) -> torch.Tensor:
-            a = a[:, :, None] if a.ndim == 2 else a
-            return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None].to(device, dtype)
-
-        def templates(t: int, b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-            rgb = tensor(crop_around(frame(t), b, pre.template_factor, pre.template_size)[0])
-            xt = tensor(crop_around(xs[t], b, pre.template_factor, pre.template_size)[0]) if xs is not None else None
-            return rgb, xt
-
-        template, template_x = templates(0, box)
-        update = self.hparams.get("template_update")  # checkpoints saved before the option: off
-        every, last_update = int(self.hparams.get("template_update_every", 10)), 0
-        window = float(self.hparams.get("window", 0.0))
-        boxes, conf = [box.copy()], [1.0]
-        centre_box = box.copy()  # where the next search is centred
-        for t in range(1, len(frames)):
-            search, tf = crop_around(frame(t), centre_box, pre.search_factor, pre.search_size)
-            search_x = tensor(crop_around(xs[t], centre_box, pre.search_factor, pre.search_size)[0]) \
-                if xs is not None else None
-            maps = self.model(template, tensor(search), template_x, search_x)
-            crop_box, c = decode_boxes(maps, window)
-            b = tf.box_to_frame(crop_box[0].double().cpu().numpy() * pre.search_size)
-            # keep the box inside the frame with at least one pixel of size
-            w, h = np.clip(b[2], 1, W), np.clip(b[3], 1, H)
-            cx, cy = np.clip(b[0] + b[2] / 2, 0, W), np.clip(b[1] + b[3] / 2, 0, H)
-            b = np.array([cx - w / 2, cy - h / 2, w, h])
-            boxes.append(b)
-            conf.append(float(c[0]))
-            if conf[-1] >= self.hparams.lost_threshold:
-                centre_box = b
-            if update is not None and conf[-1] >= update and t - last_update >= every:
-                template, template_x = templates(t, b)
-                last_update = t
-        return {"boxes": torch.tensor(np.stack(boxes)), "confidence": torch.tensor(conf, dtype=torch.float64)}
+        (xywh pixels in frame 0) with :meth:`track`; ``x [N, H, W]`` in [0, 1] or None. Returns
+        ``{"boxes": [N, 4] pixels inside the frame, "confidence": [N]}`` (frame 0: the initial box,
+        confidence 1)."""
+        return track_sequence(self, frames, x, init_box, modality)
 
     def _sequence_step(self, split: str, batch: dict[str, Any]) -> None:
         boxes = batch["boxes"]
         init = boxes[0]
         if not bool(batch["present"][0]):
             raise ValueError(f"{split} sequence {batch.get('name')!r}: the target is absent in the first frame")
-        out = self.track(batch["frames"], batch.get("x"), init)
+        out = self.track_sequence(batch["frames"], batch.get("x"), init, batch.get("modality"))
         pred, gt, present = out["boxes"], boxes.double().cpu(), batch["present"].cpu()
         self.split_metrics(split).update(pred, gt, present=present)
         if self.pre.modality == "depth" and "x" in batch:
@@ -240,8 +217,10 @@ class TrackingTask(BaseMoETask):
         return figures
 
     # ------------------------------------------------------------------ inference
-    def predict(self, frames: Any, init_box: Any, x_frames: Any = None) -> dict[str, np.ndarray]:
-        """Track one target through a sequence.
+    def predict(self, frames: Any, init_box: Any, x_frames: Any = None, modality: str | None = None
+                ) -> dict[str, np.ndarray]:
+        """Track one target through a sequence: :meth:`track` on the first frame, then its
+        ``update`` on each next one (frames are read one at a time: memory does not grow with their number).
 
         Args:
             frames: RGB frames: a list of ``[H, W, 3]`` uint8 (or float in [0, 1]) arrays, an
@@ -249,13 +228,19 @@ class TrackingTask(BaseMoETask):
             init_box: the target in the first frame, ``(x, y, w, h)`` in pixels.
             x_frames: the X frames, the same forms and length (depth may be 16-bit single channel,
                 in millimetres), or None; ignored by an RGB-only model.
+            modality: what X is (``"depth"``, ``"thermal"``, ``"event"``); None: ``preprocess.modality``.
 
         Returns ``{"boxes": [N, 4] (x, y, w, h pixels; the first is init_box), "confidence": [N]}``.
         """
-        return super().predict(frames, init_box, x_frames)
+        return super().predict(frames, init_box, x_frames, modality)
 
-    def prepare_inputs(self, frames: Any, init_box: Any, x_frames: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
-        return prepare_sequence(self.pre, frames, init_box, x_frames)
+    def prepare_inputs(self, frames: Any, init_box: Any, x_frames: Any = None, modality: str | None = None
+                       ) -> tuple[dict[str, Any], dict[str, Any]]:
+        # the modality is checked before any frame is read
+        modality = resolve_modality(self.pre, bool(self.hparams.get("modality_prompt", False)), modality)
+        batch, context = prepare_sequence(self.pre, frames, init_box, x_frames)
+        batch["modality"] = modality
+        return batch, context
 
     def finish_outputs(self, output: dict[str, torch.Tensor], context: dict[str, Any]) -> dict[str, np.ndarray]:
         return finish_sequence(output, context)
