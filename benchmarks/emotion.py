@@ -3,13 +3,16 @@
     python benchmarks/emotion.py                                   # mister_e + both ablations
     python benchmarks/emotion.py --configs mister_e --max_steps 300          # a trial, not a recipe
     python benchmarks/emotion.py --configs mister_e --release emotion-mister-e   # + zoo export
+    python benchmarks/emotion.py --configs mister_e --release emotion-mister-e --release_dir /tmp/rel  # export elsewhere
 
 Each config is trained with ``mmoe fit`` semantics (LightningCLI, the config's seed), and its
 best-validation checkpoint is evaluated on the test split: weighted F1, accuracy, accuracy per
 utterance type (speech-cued, text-cued, both needed, context-decided) and the mean gate weight
 of each expert per type. With ``--release NAME`` the first config's checkpoint is exported to
 ``checkpoints/NAME.safetensors`` (fp16), loaded back with ``mmoe.load``, re-evaluated, and the
-manifest row gets the released file's metrics. Results: stdout (markdown) and
+manifest row gets the released file's metrics, also on the everyday sentences
+(``benchmarks/emotion_sentences.py``: text only, with the VADER and MiniLM + LR peers, the held-out
+set too) and the everyday sentences the model gets wrong. Results: stdout (markdown) and
 ``<run_dir>/results.json``.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +33,7 @@ from mmoe.datamodules import EmotionDataModule
 from mmoe.datamodules.emotion.synthetic import UTTERANCE_TYPES
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # emotion_sentences, run as a script or imported
 CONFIGS = ROOT / "configs" / "emotion"
 DEFAULT = ["mister_e", "speech_only", "text_only"]
 
@@ -86,7 +91,28 @@ def run_config(name: str, max_steps: int | None, run_dir: str) -> dict:
             "checkpoint": best, "test": evaluate(model, cfg["data"]["init_args"])}
 
 
-def release(run: dict, config_name: str, name: str) -> dict:
+def everyday_metrics(model, data_args: dict) -> tuple[dict[str, float], list[dict]]:
+    """Text-only weighted F1 on the everyday sentences (and the held-out ones) of ``model`` and both
+    peers (see ``benchmarks/emotion_sentences.py``), and the model's mistakes."""
+    import emotion_sentences as es
+
+    classes = list(model.pre.class_names)
+    train_texts, train_labels = es.training_text(data_args)
+    systems = {"": es.model_predict(model), "vader_": es.vader_predict,
+               "minilm_lr_": es.minilm_lr(train_texts, train_labels)}
+    metrics, failures = {}, []
+    for set_name, path in (("everyday", es.SENTENCES), ("heldout", es.HELDOUT)):
+        texts, labels = es.read_sentences(path)
+        for prefix, predict in systems.items():
+            preds = predict(texts)
+            metrics[f"{set_name}_{prefix}weighted_f1"] = es.score(labels, preds, classes)["weighted_f1"]
+            if not prefix:
+                failures += [{"set": set_name, "text": t, "label": y, "predicted": p}
+                             for t, y, p in zip(texts, labels, preds) if y != p]
+    return metrics, failures
+
+
+def release(run: dict, config_name: str, name: str, out_dir: Path = ROOT / "checkpoints") -> dict:
     import mmoe
     from mmoe.zoo_cli import export_checkpoint
 
@@ -95,13 +121,16 @@ def release(run: dict, config_name: str, name: str) -> dict:
     training = (f"embedded EmotionDataModule {json.dumps(data_args, sort_keys=True)}; trained {run['train_seconds']} s "
                 f"({run['steps']} steps) on 2 CPU cores, seed {run['seed']}")
     common = dict(ckpt=Path(run["checkpoint"]), name=name, config=config_rel, task="emotion", training_data=training,
-                  out_dir=ROOT / "checkpoints", dtype="float16",
+                  out_dir=out_dir, dtype="float16",
                   description=f"MiSTER-E-style emotion recognition (speech + text), {config_name} config, float16 weights")
     row = export_checkpoint(metrics={}, **common)
-    model = mmoe.load(ROOT / "checkpoints" / row["file"])
+    model = mmoe.load(out_dir / row["file"])
     r = evaluate(model, data_args)
     metrics = {k: v for k, v in r.items() if isinstance(v, float)}
-    return export_checkpoint(metrics=metrics, **common)
+    everyday, failures = everyday_metrics(model, data_args)
+    row = export_checkpoint(metrics={**metrics, **everyday}, **common)
+    (out_dir / f"{name}.failures.json").write_text(json.dumps(failures, indent=2))
+    return row
 
 
 def main() -> None:
@@ -110,10 +139,16 @@ def main() -> None:
     parser.add_argument("--max_steps", type=int, default=None, help="override the recipes' steps (a trial)")
     parser.add_argument("--run_dir", default="runs/bench_emotion")
     parser.add_argument("--release", default=None, help="zoo name to export the first config's checkpoint as")
+    parser.add_argument("--release_dir", default=str(ROOT / "checkpoints"),
+                        help="folder of the exported file and its manifest")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take the configs' runs from <run_dir>/results.json instead of training again")
     args = parser.parse_args()
     out = Path(args.run_dir) / "results.json"
     results = json.loads(out.read_text()) if out.exists() else {}
     for name in args.configs:
+        if args.reuse and name in results:
+            continue
         results[name] = run_config(name, args.max_steps, args.run_dir)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2))
@@ -131,7 +166,7 @@ def main() -> None:
             if f"gate_{k}" in t and len(t[f"gate_{k}"]) > 1:
                 print(f"| {name} | {k} | " + " | ".join(f"{e} {w:.3f}" for e, w in t[f"gate_{k}"].items()) + " |")
     if args.release:
-        row = release(results[args.configs[0]], args.configs[0], args.release)
+        row = release(results[args.configs[0]], args.configs[0], args.release, Path(args.release_dir))
         print(json.dumps(row, indent=2))
     print(f"\nresults: {out}")
 

@@ -62,6 +62,8 @@ class EmotionDataModule(LightningDataModule):
         val_fraction, test_fraction: synthetic split fractions (by conversation); for IEMOCAP
             ``val_fraction`` of the training dialogs is held out for validation.
         min_turns, max_turns_generated: synthetic conversation lengths.
+        everyday_text: share of the synthetic text-cued turns that say their emotion in an everyday
+            sentence (:mod:`mmoe.datamodules.emotion.everyday`) rather than the keyword grammar.
         max_turns: cut longer conversations into windows of this many utterances (None: keep).
         max_seconds: crop each utterance's audio to this length.
         context_length: text tokens per utterance (open_clip BPE, start/end included).
@@ -78,6 +80,7 @@ class EmotionDataModule(LightningDataModule):
         test_fraction: float = 0.2,
         min_turns: int = 6,
         max_turns_generated: int = 12,
+        everyday_text: float = 0.0,
         max_turns: int | None = None,
         max_seconds: float | None = 10.0,
         context_length: int = 16,
@@ -98,6 +101,8 @@ class EmotionDataModule(LightningDataModule):
             raise ValueError(f"min_turns/max_turns_generated: expected 1 <= min <= max, got {min_turns}, {max_turns_generated}")
         if max_turns is not None:
             check_positive_int("max_turns", max_turns)
+        if isinstance(everyday_text, bool) or not isinstance(everyday_text, (int, float)) or not 0 <= everyday_text <= 1:
+            raise ValueError(f"everyday_text: expected a share in [0, 1], got {everyday_text!r}")
         if max_seconds is not None and not max_seconds > 0:
             raise ValueError(f"max_seconds: expected None or > 0 seconds, got {max_seconds!r}")
         self.save_hyperparameters()
@@ -130,7 +135,8 @@ class EmotionDataModule(LightningDataModule):
             return self.splits
         hp = self.hparams
         if hp.dataset == "synthetic":
-            convs = generate_conversations(hp.num_conversations, hp.seed, hp.min_turns, hp.max_turns_generated)
+            convs = generate_conversations(hp.num_conversations, hp.seed, hp.min_turns, hp.max_turns_generated,
+                                           everyday_text=hp.everyday_text)
             for conv in convs:  # int16 in memory, like a wav file
                 for utt in conv:
                     utt["audio"] = np.round(utt["audio"] * 32767).astype(np.int16)  # peak <= 1: no clipping

@@ -7,8 +7,9 @@ an English sentence. Each utterance is of one *type*, which says where its label
 
 * ``speech``: the prosody profile is the label's (pitch level and range, energy, speaking
   rate); the sentence is neutral filler.
-* ``text``: the sentence carries emotion words of the label; the prosody is the profile of a
-  random class (uninformative).
+* ``text``: the sentence carries emotion words of the label (or, with ``everyday_text``, an
+  everyday sentence of the label, :mod:`.everyday`); the prosody is the profile of a random class
+  (uninformative).
 * ``both``: the sentence has only a valence (positive / neutral / negative words) and the
   prosody only an arousal level (low / mid / high); the label is the cell of
   :data:`COMBINATION` -- each modality alone leaves three candidates.
@@ -22,6 +23,8 @@ same conversations.
 from __future__ import annotations
 
 import numpy as np
+
+from mmoe.datamodules.emotion.everyday import everyday_sentence
 
 CLASSES: tuple[str, ...] = ("neutral", "happy", "sad", "angry", "excited", "frustrated")
 # IEMOCAP 6-class counts (neu 1708, hap 648, sad 1084, ang 1103, exc 1041, fru 1849)
@@ -78,9 +81,11 @@ TOPICS = ["the meeting", "the trip", "my job", "the house", "this weekend", "the
 VOWELS = np.array([[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240], [530, 1840, 2480], [570, 840, 2410]])
 
 
-def _sentence(kind: str, label: str, valence: str | None, rng: np.random.Generator) -> str:
+def _sentence(kind: str, label: str, valence: str | None, rng: np.random.Generator, everyday: float = 0.0) -> str:
     pick = lambda xs: xs[rng.integers(len(xs))]  # noqa: E731
     if kind == "text":
+        if everyday > 0 and rng.random() < everyday:  # no draw at 0: the grammar's conversations stay as they were
+            return everyday_sentence(label, rng)
         return pick(EMOTION_TEMPLATES).format(w=pick(EMOTION_WORDS[label]), o=pick(TOPICS))
     if kind == "both":
         return pick(VALENCE_TEMPLATES).format(o=pick(VALENCE_WORDS[valence]))
@@ -134,9 +139,12 @@ def synthesize_speech(pitch: float, pitch_range: float, loudness_db: float, rate
 
 
 def generate_conversations(num_conversations: int, seed: int, min_turns: int = 6, max_turns: int = 12,
-                           sample_rate: int = SAMPLE_RATE) -> list[list[dict]]:
+                           sample_rate: int = SAMPLE_RATE, everyday_text: float = 0.0) -> list[list[dict]]:
     """``num_conversations`` conversations, each a list of utterance dicts
-    ``{"id", "speaker", "text", "label", "type", "audio" (float32 waveform), "sample_rate"}``."""
+    ``{"id", "speaker", "text", "label", "type", "audio" (float32 waveform), "sample_rate"}``.
+
+    ``everyday_text``: the share of text-cued turns whose sentence comes from the everyday templates
+    (:mod:`.everyday`) instead of the keyword grammar."""
     rng = np.random.default_rng(seed)
     conversations = []
     for c in range(num_conversations):
@@ -165,7 +173,7 @@ def generate_conversations(num_conversations: int, seed: int, min_turns: int = 6
                 pitch * voice[speaker] * rng.uniform(0.95, 1.05), pitch_range * rng.uniform(0.85, 1.15),
                 loud + rng.uniform(-1.5, 1.5), rate * rng.uniform(0.92, 1.08), duration, rng, sample_rate)
             conv.append({"id": f"conv{seed}_{c:05d}_u{u:02d}", "speaker": "AB"[speaker],
-                         "text": _sentence(kind, label, valence, rng), "label": CLASSES.index(label),
+                         "text": _sentence(kind, label, valence, rng, everyday_text), "label": CLASSES.index(label),
                          "type": UTTERANCE_TYPES.index(kind), "audio": audio, "sample_rate": sample_rate})
             prev = label
         conversations.append(conv)

@@ -172,14 +172,16 @@ class SentenceTextTokens(nn.Module):
     trained MLP. Only the MLP is a parameter; the encoder is loaded on first use, outside the module
     tree (not in the state dict, not moved, not trained)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, dropout: float = 0.0) -> None:
         super().__init__()
         check_sentence_package()
+        # dropout on the sentence vector: the MLP should not fit a template's exact vector
+        self.drop = nn.Dropout(dropout)
         self.proj = nn.Sequential(nn.Linear(SENTENCE_DIM, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         ref = self.proj[0].weight
-        return self.proj(sentence_embeddings(list(texts)).to(ref.device, ref.dtype)).unsqueeze(1)
+        return self.proj(self.drop(sentence_embeddings(list(texts)).to(ref.device, ref.dtype))).unsqueeze(1)
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -201,7 +203,7 @@ class ConversationEmotionModel(nn.Module):
             self.speech_embed = LogMelPatches(dim, n_mels, patch)
         self.sentence_text = text_encoder == SENTENCE_ENCODER
         if "text" in self.modalities:
-            self.text_embed = (SentenceTextTokens(dim) if self.sentence_text
+            self.text_embed = (SentenceTextTokens(dim, dropout) if self.sentence_text
                                else OpenCLIPTextTokens(text_encoder, text_pretrained, dim) if text_encoder
                                else nn.Embedding(TEXT_VOCAB, dim, padding_idx=0))
         # the utterance vector of a modality a turn lacks (and of the cross-modal expert then)
