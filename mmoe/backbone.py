@@ -53,6 +53,9 @@ class BlockSpec:
         z_loss_weight: weight of the router z-loss.
         dense_hidden_dim: hidden width of a dense FFN (None: ``top_k * hidden_dim``, the active
             width of an MoE block).
+        router_temperature: routing temperature T (logits / T for the routing decision).
+        entropy_weight: routing-entropy weight H.
+        ecology_target: None, or the expert ecology E = T·H/(O+B) the layer holds by setting H.
     """
 
     mixer: str = "attention"
@@ -71,6 +74,9 @@ class BlockSpec:
     load_balance_weight: float = 1e-2
     z_loss_weight: float = 1e-3
     dense_hidden_dim: int | None = None
+    router_temperature: float = 1.0
+    entropy_weight: float = 0.0
+    ecology_target: float | None = None
 
 
 def as_block_spec(value: object, name: str = "block") -> BlockSpec:
@@ -105,6 +111,8 @@ def build_ffn(spec: BlockSpec, dim: int, num_modalities: int) -> nn.Module:
         capacity_mode=spec.capacity_mode, num_modalities=num_modalities,
         num_shared_experts=spec.num_shared_experts, activation=spec.activation, backend=spec.backend,
         load_balance_weight=spec.load_balance_weight, z_loss_weight=spec.z_loss_weight, validate_inputs=False,
+        router_temperature=spec.router_temperature, entropy_weight=spec.entropy_weight,
+        ecology_target=spec.ecology_target,
     )
 
 

@@ -12,7 +12,7 @@ from mmoe.capacity import expert_capacity, macs_priority, pair_output_value
 from mmoe.experts import ACTIVATIONS, Experts
 from mmoe.kernels import BACKENDS, backend_ops
 from mmoe.kernels.reference import expert_counts
-from mmoe.routers import ExpertChoiceRouter, Routing, SoftRouter, build_router
+from mmoe.routers import ExpertChoiceRouter, Routing, SoftRouter, build_router, routing_entropy_loss
 from mmoe.stats import RoutingStats
 from mmoe.validation import check_choice, check_ids, check_number, check_positive_int, check_tensor
 
@@ -47,6 +47,19 @@ class MoELayer(nn.Module):
         z_loss_weight: weight of the router z-loss in ``aux_loss``.
         dead_window: an expert with no token in this many consecutive training forwards is dead.
         validate_inputs: check x for NaN/inf and modality ids for range (costs a host sync).
+        router_temperature: routing temperature T > 0: the logits are divided by T before the
+            softmax / sigmoid of the routing decision and gates (not for the z-loss or a task's
+            supervised routing loss).
+        entropy_weight: routing-entropy weight H >= 0: ``aux_loss`` gets
+            ``-H * mean token routing entropy / log E`` (see :func:`mmoe.routers.routing_entropy_loss`).
+        ecology_target: None, or a target E > 0: then H is not ``entropy_weight`` but set at every
+            forward to ``target * (O + B) / T`` so that E holds as O and B change.
+
+    Expert ecology ``E = T·H/(O+B)`` (arXiv 2605.06415; :attr:`ecology`): O is
+    :attr:`oracle_weight`, the weight of the owning task's supervised routing loss in the units
+    of this layer's aux loss (a task sets it; 0 without one), B the balance weight in effect
+    (:attr:`balance_weight`). The target sets H rather than T because H only enters the training
+    loss, while T would also change how a trained model routes at inference.
 
     After a forward, ``aux_loss`` holds the weighted sum of the auxiliary losses and ``stats`` a
     :class:`mmoe.stats.RoutingStats`.
@@ -70,6 +83,9 @@ class MoELayer(nn.Module):
         z_loss_weight: float = 1e-3,
         dead_window: int = 100,
         validate_inputs: bool = True,
+        router_temperature: float = 1.0,
+        entropy_weight: float = 0.0,
+        ecology_target: float | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("dim", dim), ("hidden_dim", hidden_dim), ("num_experts", num_experts),
@@ -82,6 +98,10 @@ class MoELayer(nn.Module):
             check_number("capacity_factor", capacity_factor, inclusive=False)
         check_number("load_balance_weight", load_balance_weight)
         check_number("z_loss_weight", z_loss_weight)
+        check_number("router_temperature", router_temperature, inclusive=False)
+        check_number("entropy_weight", entropy_weight)
+        if ecology_target is not None:
+            check_number("ecology_target", ecology_target, inclusive=False)
         check_choice("capacity_mode", capacity_mode, CAPACITY_MODES)
         check_choice("activation", activation, ACTIVATIONS)
         check_choice("backend", backend, BACKENDS)
@@ -91,6 +111,10 @@ class MoELayer(nn.Module):
         self.load_balance_weight, self.z_loss_weight = load_balance_weight, z_loss_weight
         self.dead_window, self.validate_inputs = dead_window, validate_inputs
         self.router = build_router(router, dim, num_experts, top_k, router_options)
+        self.router.temperature = float(router_temperature)
+        self.entropy_weight, self.ecology_target = float(entropy_weight), ecology_target
+        #: O: the owning task's supervised-routing loss weight, in units of this layer's aux loss
+        self.oracle_weight: float = 0.0
         self.experts = Experts(num_experts, dim, hidden_dim, activation)
         self.shared_experts = Experts(num_shared_experts, dim, hidden_dim, activation) if num_shared_experts else None
         self.register_buffer("idle_steps", torch.zeros(num_experts, dtype=torch.long), persistent=False)
@@ -121,6 +145,39 @@ class MoELayer(nn.Module):
     def router_kind(self) -> str:
         return self.router.kind
 
+    @property
+    def router_temperature(self) -> float:
+        """T: the router's temperature."""
+        return self.router.temperature
+
+    @property
+    def balance_weight(self) -> float:
+        """B in effect: ``load_balance_weight``, or 0 for routers the balance loss does not apply to
+        (expert choice and soft slots are balanced by construction and take no balance loss)."""
+        if isinstance(self.router, (ExpertChoiceRouter, SoftRouter)):
+            return 0.0
+        return float(self.load_balance_weight)
+
+    @property
+    def effective_entropy_weight(self) -> float:
+        """H in use: ``entropy_weight``, or with :attr:`ecology_target` ``target * (O + B) / T``."""
+        if self.ecology_target is None:
+            return self.entropy_weight
+        denominator = self.oracle_weight + self.balance_weight
+        if not denominator > 0:
+            raise ValueError(f"ecology_target: E = T·H/(O+B) cannot be held with O + B = 0 (no supervised routing "
+                             f"loss, balance weight {self.balance_weight}); set a load_balance_weight > 0")
+        return self.ecology_target * denominator / self.router_temperature
+
+    @property
+    def ecology(self) -> float:
+        """E = T·H/(O+B) from the current weights: 0 when H = 0, inf when H > 0 and O + B = 0."""
+        H = self.effective_entropy_weight
+        if H == 0:
+            return 0.0
+        denominator = self.oracle_weight + self.balance_weight
+        return self.router_temperature * H / denominator if denominator > 0 else math.inf
+
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, hidden_dim={self.hidden_dim}, num_experts={self.num_experts}, "
                 f"top_k={self.top_k}, router={self.router_kind}, capacity_factor={self.capacity_factor}, "
@@ -138,6 +195,8 @@ class MoELayer(nn.Module):
         xt = x.reshape(-1, self.dim)
         num_samples = math.prod(shape[:-2]) if x.ndim >= 3 else 1
         mod = modality.reshape(-1).long() if modality is not None else None
+        # H is read at every forward: with a target it follows O and B as they change
+        self.router.entropy_weight = self.effective_entropy_weight
         if isinstance(self.router, SoftRouter):
             tokens_per_sample = shape[-2] if x.ndim >= 2 else 1
             y = self._soft_forward(x.reshape(num_samples, tokens_per_sample, self.dim), mod).reshape(-1, self.dim)
@@ -145,6 +204,9 @@ class MoELayer(nn.Module):
             y = self._sparse_forward(xt, num_samples, mod)
         if self.shared_experts is not None:
             y = y + self.shared_experts.dense(xt)
+        if self.stats is not None:
+            self.stats.ecology = self.ecology
+            self.stats.entropy_weight = self.router.entropy_weight
         return y.reshape(shape).to(x.dtype)
 
     def _sparse_forward(self, xt: torch.Tensor, num_samples: int, mod: torch.Tensor | None) -> torch.Tensor:
@@ -238,8 +300,9 @@ class MoELayer(nn.Module):
         B, N, _ = x.shape
         E, S = self.num_experts, self.router.slots
         logits = self.router.logits(x)  # [B, N, E*S]
-        dispatch = torch.softmax(logits, dim=1)
-        combine = torch.softmax(logits, dim=-1)
+        scaled = self.router.scaled(logits)
+        dispatch = torch.softmax(scaled, dim=1)
+        combine = torch.softmax(scaled, dim=-1)
         slot_in = torch.einsum("bns,bnd->bsd", dispatch.to(x.dtype), x).view(B, E, S, self.dim)
         slot_out = self.experts.slots(slot_in).reshape(B, E * S, self.dim)
         y = torch.einsum("bns,bsd->bnd", combine.to(x.dtype), slot_out)
@@ -249,6 +312,9 @@ class MoELayer(nn.Module):
         loss = logits.new_zeros(())
         if flat_logits.shape[0] and self.z_loss_weight:
             loss = self.z_loss_weight * torch.logsumexp(flat_logits, dim=-1).pow(2).mean()
+        if self.router.entropy_weight:  # the soft router's forward (and its hook) does not run
+            mass = combine.reshape(B * N, E, S).sum(-1)
+            loss = loss + routing_entropy_loss(mass, self.router.entropy_weight)
         self.aux_loss = loss
         with torch.no_grad():
             T = B * N

@@ -6,6 +6,14 @@ Every router owns ``weight [E, dim]`` (the checkpoint layout; the soft router ha
 the router's own options (``router_options``) to its constructor as keywords: a router's
 options are its ``__init__`` arguments after ``dim, num_experts, top_k``. The soft router is not
 pair-based: it mixes tokens into slots, and :class:`mmoe.MoELayer` runs it on its own path.
+
+Expert ecology (``E = T·H/(O+B)``, arXiv 2605.06415): every router has a ``temperature`` T and an
+``entropy_weight`` H, plain attributes set by its :class:`mmoe.MoELayer` (not in the state dict, so
+the checkpoint layout is unchanged). T divides the logits the routing decision and gate weights
+are computed from; the logits a router returns (``Routing.logits``, ``sample_logits``) stay raw, so
+the z-loss and a task's supervised routing loss see the unscaled map. H adds
+:func:`routing_entropy_loss` to ``Routing.extra_loss`` after every forward (a forward hook, so a
+router added with ``register_router`` gets it without code).
 """
 
 from __future__ import annotations
@@ -97,9 +105,18 @@ class Router(nn.Module):
         self.dim, self.num_experts, self.top_k = dim, num_experts, top_k
         self.weight = nn.Parameter(torch.empty(num_experts, dim))
         nn.init.normal_(self.weight, std=dim**-0.5)
+        #: routing temperature T (> 0) and routing-entropy weight H (>= 0), set by the owning layer
+        self.temperature: float = 1.0
+        self.entropy_weight: float = 0.0
+        self.register_forward_hook(_add_entropy_term)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The raw router logits (fp32), as the z-loss and supervised routing losses see them."""
         return F.linear(x.float(), self.weight.float())
+
+    def scaled(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits / T``: what the routing decision and gate weights are computed from."""
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
     def forward(  # pragma: no cover - abstract
         self, x: torch.Tensor, sample: torch.Tensor, num_samples: int, ops: ModuleType, capacity: int | None
@@ -108,7 +125,7 @@ class Router(nn.Module):
 
     def _token_choice(self, x: torch.Tensor, ops: ModuleType, score: str, renormalize: bool, bias=None):
         logits = self.logits(x)
-        top = ops.topk_routing(logits, self.top_k, score=score, bias=bias, renormalize=renormalize)
+        top = ops.topk_routing(self.scaled(logits), self.top_k, score=score, bias=bias, renormalize=renormalize)
         T = x.shape[0]
         pair_token = torch.arange(T, device=x.device).repeat_interleave(self.top_k)
         return logits, top, pair_token
@@ -119,6 +136,42 @@ def _mean_per_sample(x: torch.Tensor, sample: torch.Tensor, num_samples: int) ->
     pooled = torch.zeros(num_samples, x.shape[1], dtype=torch.float32, device=x.device).index_add_(0, sample, x.float())
     sizes = torch.zeros(num_samples, device=x.device).index_add_(0, sample, torch.ones(x.shape[0], device=x.device))
     return pooled / sizes.clamp_min(1).unsqueeze(-1)
+
+
+def normalized_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of the Shannon entropy of ``probs [N, E]`` divided by ``log E`` (in [0, 1];
+    0 when ``E == 1`` or there is no row). Zero probabilities add nothing and keep finite gradients."""
+    n, E = probs.shape[0], probs.shape[-1]
+    if n == 0 or E < 2:
+        return probs.float().sum() * 0
+    p = probs.float()
+    # clamp inside the log only: p log p -> 0 at p = 0, and the gradient stays finite there
+    return -(p * p.clamp_min(1e-12).log()).sum(-1).mean() / math.log(E)
+
+
+def routing_entropy_loss(probs: torch.Tensor, weight: float) -> torch.Tensor:
+    """The routing-entropy term of the aux loss: ``-weight * normalized_entropy(probs)``.
+
+    The form chosen for the paper's H (its text could not be read here): a *bonus* on the mean
+    per-token routing entropy, i.e. a negative loss term, because E grows with H and the paper's
+    claim is that a larger E keeps experts alive, so H must push routing towards spread. Per token
+    (not the entropy of the batch-mean load) so that it stays distinct from the balance loss B,
+    which the formula counts on the other side; divided by ``log E`` so H means the same for any
+    expert count (the term lies in ``[-weight, 0]``, the scale of the Switch loss at balance).
+
+    Args:
+        probs: routing distributions ``[N, E]`` (rows sum to one), after the temperature.
+        weight: H (>= 0).
+    """
+    return -weight * normalized_entropy(probs)
+
+
+def _add_entropy_term(router: "Router", args: tuple, routing: "Routing") -> "Routing":
+    """Forward hook of every router: H's entropy term joins ``extra_loss``."""
+    if router.entropy_weight and isinstance(routing, Routing):
+        term = routing_entropy_loss(routing.token_probs, router.entropy_weight)
+        routing.extra_loss = term if routing.extra_loss is None else routing.extra_loss + term
+    return routing
 
 
 def _load_fraction(counts: torch.Tensor) -> torch.Tensor:
@@ -189,7 +242,7 @@ class ExpertChoiceRouter(Router):
     def forward(self, x, sample, num_samples, ops, capacity):
         T, E = x.shape[0], self.num_experts
         logits = self.logits(x)
-        probs = torch.softmax(logits, dim=-1)
+        probs = torch.softmax(self.scaled(logits), dim=-1)
         C = min(T, capacity if capacity is not None else math.ceil(self.top_k * T / E))
         top = torch.topk(probs.t(), C, dim=-1)  # [E, C]
         pair_token = top.indices.reshape(-1)
@@ -219,7 +272,7 @@ class SampleRouter(Router):
     def forward(self, x, sample, num_samples, ops, capacity):
         T, k = x.shape[0], self.top_k
         logits = self.logits(_mean_per_sample(x, sample, num_samples))
-        top = ops.topk_routing(logits, k, score="softmax", renormalize=self.renormalize)
+        top = ops.topk_routing(self.scaled(logits), k, score="softmax", renormalize=self.renormalize)
         pair_token = torch.arange(T, device=x.device).repeat_interleave(k)
         pair_expert = top.experts[sample].reshape(-1)
         w = top.weights[sample].reshape(-1)
@@ -307,14 +360,14 @@ class NestedRouter(Router):
         T, E, G, k = x.shape[0], self.num_experts, self.groups, self.top_k
         per = E // G
         group_logits = self.group_logits(x, sample, num_samples)
-        group_probs = torch.softmax(group_logits, dim=-1)
+        group_probs = torch.softmax(self.scaled(group_logits), dim=-1)
         gate, group = group_probs.max(dim=-1)  # [B]
         tok_group, tok_gate = group[sample], gate[sample]  # [T]
         logits = self.logits(x)
         expert_group = torch.arange(E, device=x.device) // per
         is_shared = torch.arange(E, device=x.device) % per == per - 1
         allowed = (expert_group.unsqueeze(0) == tok_group.unsqueeze(1)) & ~is_shared
-        top = ops.topk_routing(logits.masked_fill(~allowed, float("-inf")), k, score="softmax")
+        top = ops.topk_routing(self.scaled(logits).masked_fill(~allowed, float("-inf")), k, score="softmax")
         shared = (tok_group * per + per - 1).unsqueeze(1)  # [T, 1]
         experts = torch.cat([top.experts, shared], dim=1)  # [T, k+1]
         weights = torch.cat([top.weights * tok_gate.unsqueeze(1), tok_gate.unsqueeze(1)], dim=1)

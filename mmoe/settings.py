@@ -46,6 +46,16 @@ class MoESettings:
         load_balance_weight: weight of the Switch load-balancing loss.
         z_loss_weight: weight of the router z-loss.
         dense: True replaces every MoE FFN by the task's dense twin of equal active width (a baseline).
+        router_temperature: routing temperature T > 0: logits are divided by T before the routing
+            softmax / sigmoid (routing only: the z-loss and supervised routing losses see raw logits).
+        entropy_weight: routing-entropy weight H >= 0: the aux loss gets ``-H`` times the mean
+            per-token routing entropy over ``log E`` (a bonus on spread routing).
+        ecology_target: None (off), or a target expert ecology E > 0: every layer then sets H to
+            ``E * (O + B) / T`` at each forward, O the task's supervised-routing weight and B
+            ``load_balance_weight`` (may be 0 when the task has an O); ``entropy_weight`` must stay 0.
+
+    Expert ecology ``E = T·H/(O+B)`` (arXiv 2605.06415) is logged per MoE layer; see
+    :class:`mmoe.moe_layer.MoELayer`.
     """
 
     router: str = "softmax"
@@ -59,6 +69,9 @@ class MoESettings:
     load_balance_weight: float = 1e-2
     z_loss_weight: float = 1e-3
     dense: bool = False
+    router_temperature: float = 1.0
+    entropy_weight: float = 0.0
+    ecology_target: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.router, str) or not self.router:
@@ -75,6 +88,13 @@ class MoESettings:
         check_number("moe.capacity_factor", self.capacity_factor, inclusive=False)
         check_number("moe.load_balance_weight", self.load_balance_weight)
         check_number("moe.z_loss_weight", self.z_loss_weight)
+        check_number("moe.router_temperature", self.router_temperature, inclusive=False)
+        check_number("moe.entropy_weight", self.entropy_weight)
+        if self.ecology_target is not None:
+            check_number("moe.ecology_target", self.ecology_target, inclusive=False)
+            if self.entropy_weight:
+                raise ValueError(f"moe.entropy_weight: moe.ecology_target={self.ecology_target} sets H itself; "
+                                 f"expected 0 (or moe.ecology_target null), got {self.entropy_weight}")
         if not isinstance(self.dense, bool):
             raise TypeError(f"moe.dense: expected a bool, got {self.dense!r}")
         if self.top_k > self.num_experts:
@@ -102,7 +122,8 @@ class MoESettings:
             capacity_factor=self.capacity,
             capacity_mode="macs" if self.capacity_mode == "dropless" else self.capacity_mode,
             num_shared_experts=self.num_shared_experts, load_balance_weight=self.load_balance_weight,
-            z_loss_weight=self.z_loss_weight,
+            z_loss_weight=self.z_loss_weight, router_temperature=self.router_temperature,
+            entropy_weight=self.entropy_weight, ecology_target=self.ecology_target,
         )
 
     def replace(self, **changes: Any) -> MoESettings:

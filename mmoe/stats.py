@@ -18,7 +18,8 @@ class RoutingStats:
     ``dropped_per_modality [M]`` counts pairs dropped by capacity (for expert choice: tokens
     no expert took); ``router_entropy`` is the mean entropy of the routing distributions;
     ``dead_experts`` is the number of experts that received no token in each of the last
-    ``dead_window`` training forwards.
+    ``dead_window`` training forwards; ``ecology`` is the layer's expert ecology
+    ``E = T·H/(O+B)`` and ``entropy_weight`` the H in use (None where not set).
     """
 
     tokens_per_expert: torch.Tensor
@@ -30,6 +31,8 @@ class RoutingStats:
     dead_experts: torch.Tensor
     capacity: int | None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    ecology: float | None = None
+    entropy_weight: float | None = None
 
     @property
     def dropped(self) -> torch.Tensor:
@@ -47,6 +50,10 @@ class RoutingStats:
         for m, d in enumerate(self.dropped_per_modality.tolist()):
             out[f"dropped_modality{m}"] = float(d)
         out.update({k: float(v) for k, v in self.extra.items()})
+        if self.ecology is not None:
+            out["ecology"] = float(self.ecology)
+        if self.entropy_weight is not None:
+            out["entropy_weight"] = float(self.entropy_weight)
         return out
 
 

@@ -14,12 +14,15 @@ A task fills in three hooks (TorchGeo style) and a few methods:
 
 Class attributes: ``monitor`` and ``mode`` (the metric the checkpoint callback follows),
 ``preprocess_class`` (the task's typed preprocessing config, a dataclass: whatever predict needs
-to treat inputs as training did; the datamodule provides it as ``datamodule.preprocess``).
+to treat inputs as training did; the datamodule provides it as ``datamodule.preprocess``),
+``oracle_weight_hparam`` (the hparam holding the weight O of the task's supervised routing loss,
+for the expert ecology ``E = T·H/(O+B)`` of every MoE layer; None: the task has none, O = 0).
 
 The training loss is the task loss plus ``aux_loss_weight`` times the sum of the aux losses
-of every MoE layer. Routing stats are accumulated per split and epoch and logged per layer;
-at validation end an experts x layers (and experts x class) heat map is saved as a PNG in
-the run folder and sent to a TensorBoard logger when one is attached. The optimizer is
+of every MoE layer. Routing stats are accumulated per split and epoch and logged per layer
+(load shares, busiest / mean load, dead experts, router entropy, expert ecology E and the H in
+use); at validation end an experts x layers heat map with E and dead experts over the training
+steps (and an experts x class heat map) is saved as a PNG in the run folder and sent to a TensorBoard logger when one is attached. The optimizer is
 AdamW with the :class:`OptimConfig` in ``self.optim`` (the CLI's ``optim:`` section).
 """
 
@@ -108,6 +111,11 @@ class BaseMoETask(LightningModule):
     default_moe: MoESettings = MoESettings()
     #: what the task's model sets on its routers before a forward (see ``mmoe.routers.Router.context``)
     router_context: tuple[str, ...] = ()
+    #: the hparam holding O, the weight of the task's supervised (oracle) routing loss, e.g.
+    #: ``"family_loss_weight"``; None: no such loss (O = 0)
+    oracle_weight_hparam: str | None = None
+    #: training steps of E / dead-expert history kept per layer for the routing figure (thinned beyond)
+    ecology_history_size: int = 4096
 
     def __init__(self, aux_loss_weight: float = 1.0, log_routing: bool = True) -> None:
         super().__init__()
@@ -129,10 +137,13 @@ class BaseMoETask(LightningModule):
         self.model: nn.Module
         self.configure_models()
         self._check_router_context()
+        self.sync_oracle_weight()
         self.configure_losses()
         self.configure_metrics()
         self._routing: dict[str, dict[str, dict[str, torch.Tensor]]] = {s: {} for s in SPLITS}
         self._class_routing: dict[str, dict[str, torch.Tensor]] = {s: {} for s in SPLITS}
+        # per MoE layer: (training step, E, dead experts) of each training step, for the routing figure
+        self._ecology_history: dict[str, list[tuple[int, float, torch.Tensor]]] = {}
 
     @classmethod
     def upgrade_init_args(cls, init_args: dict[str, Any]) -> dict[str, Any]:
@@ -145,6 +156,35 @@ class BaseMoETask(LightningModule):
             if isinstance(layer, MoELayer) and layer.router.context not in (None, *self.router_context):
                 raise ValueError(f"moe.router: {layer.router_kind!r} needs {layer.router.context!r} set by its task "
                                  f"model, which {type(self).__name__} does not provide")
+
+    @property
+    def oracle_weight(self) -> float:
+        """O: the current value of :attr:`oracle_weight_hparam` (0 when the task has none)."""
+        name = type(self).oracle_weight_hparam
+        if name is None:
+            return 0.0
+        if name not in self.hparams:
+            raise ValueError(f"oracle_weight_hparam: {type(self).__name__} names {name!r}, which is not one of "
+                             f"its hparams {sorted(self.hparams)}")
+        return float(self.hparams[name])
+
+    def sync_oracle_weight(self) -> None:
+        """Give every MoE layer O in the units of its aux loss (``O / aux_loss_weight``: the aux losses
+        enter the training loss scaled by ``aux_loss_weight``, the oracle loss is not), so that E and
+        an ``moe.ecology_target`` follow O. Called at construction and before every training step."""
+        O, scale = self.oracle_weight, float(self.hparams.aux_loss_weight)
+        layers = [m for m in self.modules() if isinstance(m, MoELayer)]
+        if scale == 0 and any(m.ecology_target is not None for m in layers):
+            raise ValueError("moe.ecology_target: the MoE aux losses are off (aux_loss_weight=0), so no entropy "
+                             "weight can hold E; expected aux_loss_weight > 0 or moe.ecology_target null")
+        for layer in layers:
+            layer.oracle_weight = O / scale if scale > 0 else (math.inf if O > 0 else 0.0)
+            if layer.ecology_target is not None and not layer.oracle_weight + layer.balance_weight > 0:
+                raise ValueError(
+                    f"moe.ecology_target: E = T·H/(O+B) cannot be held in {type(self).__name__} with O + B = 0 "
+                    f"(O: {type(self).oracle_weight_hparam or 'no supervised routing loss'} = {O}, B: "
+                    f"moe.load_balance_weight in effect for router {layer.router_kind!r} = {layer.balance_weight}); "
+                    f"expected a load_balance_weight > 0 or a task with a supervised routing loss")
 
     # ------------------------------------------------------------------ hooks
     def configure_models(self) -> None:
@@ -189,6 +229,8 @@ class BaseMoETask(LightningModule):
 
     # ------------------------------------------------------------------ steps
     def _shared_step(self, split: str, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        if split == "train":  # O may be scheduled by a callback: E and its target follow
+            self.sync_oracle_weight()
         output = self(batch)
         task = self.task_loss(output, batch)
         moe = collect_moe(self)
@@ -266,7 +308,14 @@ class BaseMoETask(LightningModule):
                 value = getattr(s, key).detach().float()
                 acc[key] = acc[key] + value if key in acc else value
             acc["dead_experts"] = s.dead_experts.detach().float()
+            entropy = s.router_entropy.detach().float()
+            acc["router_entropy"] = acc["router_entropy"] + entropy if "router_entropy" in acc else entropy
+            acc["batches"] = acc.get("batches", 0) + 1
             layer = self.get_submodule(name)
+            if isinstance(layer, MoELayer):
+                acc["ecology"], acc["entropy_weight"] = layer.ecology, layer.router.entropy_weight
+                if split == "train":
+                    self._record_ecology(name, acc["ecology"], acc["dead_experts"])
             if classes is not None and isinstance(layer, MoELayer) and layer.last_assignment is not None:
                 per_class = layer.class_load(classes, int(classes.max()) + 1 if classes.numel() else 1)
                 prev = class_routing.get(name)
@@ -286,21 +335,62 @@ class BaseMoETask(LightningModule):
             frac = load / load.sum().clamp_min(1)
             self.log(f"routing_{split}/{name}/max_over_mean_load", float(load.max() / load.mean().clamp_min(1e-12)))
             self.log(f"routing_{split}/{name}/dead_experts", float(acc["dead_experts"]))
+            self.log(f"routing_{split}/{name}/router_entropy", float(acc["router_entropy"]) / acc["batches"])
+            if "ecology" in acc:
+                self.log(f"routing_{split}/{name}/ecology", float(acc["ecology"]))
+                self.log(f"routing_{split}/{name}/entropy_weight", float(acc["entropy_weight"]))
             for e, f in enumerate(frac.tolist()):
                 self.log(f"routing_{split}/{name}/load_e{e}", f)
             pairs = acc["tokens_per_modality"].clamp_min(1)
             for m, d in enumerate((acc["dropped_per_modality"] / pairs).tolist()):
                 self.log(f"routing_{split}/{name}/drop_rate_m{m}", d)
         if figures:
-            self._save_figure("routing_experts_x_layers", self._heatmap(
-                {n: a["tokens_per_expert"] for n, a in routing.items()}, "layer"))
+            self._save_figure("routing_experts_x_layers", self._routing_figure(
+                {n: a["tokens_per_expert"] for n, a in routing.items()}))
             names = self.class_names() or []
             for name, table in class_routing.items():
                 rows = {names[c] if c < len(names) else f"class {c}": table[c] for c in range(table.shape[0])}
                 self._save_figure(f"routing_experts_x_class_{name}", self._heatmap(rows, "class"))
 
+    def _record_ecology(self, name: str, ecology: float, dead: torch.Tensor) -> None:
+        """Append this training step's (step, E, dead experts) of layer ``name``; when the history is
+        full every other point goes, so it spans the whole run at half the resolution."""
+        history = self._ecology_history.setdefault(name, [])
+        if history and history[-1][0] == self.global_step:  # gradient accumulation: one point per step
+            history[-1] = (self.global_step, ecology, dead)
+        else:
+            history.append((self.global_step, ecology, dead))
+        if len(history) > self.ecology_history_size:
+            history[:] = history[::2]
+
+    def _routing_figure(self, rows: dict[str, torch.Tensor]):
+        """The experts x layers heat map, beside E and dead experts per layer over the training steps."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        width = max(int(r.numel()) for r in rows.values())
+        history = {n: h for n, h in self._ecology_history.items() if h}
+        if not history:
+            return self._heatmap(rows, "layer")
+        fig, axes = plt.subplots(1, 3, figsize=(3 + 0.4 * width + 8, 1.5 + 0.35 * max(len(rows), 6)),
+                                 gridspec_kw={"width_ratios": [max(2.0, 0.4 * width), 3, 3]})
+        self._heatmap(rows, "layer", ax=axes[0])
+        for name, points in history.items():
+            steps = [p[0] for p in points]
+            # the dead counts stay tensors until drawn: recording them costs no host sync per step
+            dead = torch.stack([p[2] for p in points]).cpu().tolist()
+            axes[1].plot(steps, [p[1] for p in points], label=name)
+            axes[2].plot(steps, dead, label=name)
+        axes[1].set(xlabel="training step", ylabel="E = T·H/(O+B)", title="expert ecology")
+        axes[2].set(xlabel="training step", ylabel="dead experts", title="dead experts")
+        axes[2].legend(fontsize=6)
+        fig.tight_layout()
+        return fig
+
     @staticmethod
-    def _heatmap(rows: dict[str, torch.Tensor], ylabel: str):
+    def _heatmap(rows: dict[str, torch.Tensor], ylabel: str, ax=None):
         import matplotlib
 
         matplotlib.use("Agg")
@@ -312,7 +402,10 @@ class BaseMoETask(LightningModule):
         for i, n in enumerate(names):
             r = rows[n].detach().float().cpu()
             data[i, : r.numel()] = r / r.sum().clamp_min(1e-12)
-        fig, ax = plt.subplots(figsize=(1 + 0.4 * width, 1 + 0.35 * len(names)))
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(1 + 0.4 * width, 1 + 0.35 * len(names)))
+        else:
+            fig = ax.figure
         im = ax.imshow(data.numpy(), aspect="auto", cmap="viridis")
         ax.set_xlabel("expert")
         ax.set_ylabel(ylabel)
