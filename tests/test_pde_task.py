@@ -96,14 +96,17 @@ def test_predict_returns_physical_units() -> None:
     x[0, 0] = torch.from_numpy(a) / 12.0
     raw = task.eval()(dict(input=x))[0, 0].detach().numpy()
     np.testing.assert_allclose(task.predict(a, family="darcy"), raw * 0.01, rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(task.predict(a, family="heat"), task.eval()(dict(input=x * 12))[0, 0].detach().numpy(),
-                               rtol=1e-4, atol=1e-5)
+    x[0, 1] = 1.5  # heat's nu on its log scale: the middle of [3e-3, 3e-2]
+    np.testing.assert_allclose(task.predict(a, family="heat", nu=np.sqrt(3e-3 * 3e-2)),
+                               task.eval()(dict(input=x * torch.tensor([12.0, 1, 1, 1, 1]).view(5, 1, 1),
+                                                          resample="spectral"))[0, 0]
+                               .detach().numpy(), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="family: this model's families were trained in different units"):
         task.predict(a)
     with pytest.raises(ValueError, match="family: expected one of"):
         task.predict(a, family="burgers")
     with pytest.raises(ValueError, match="NaN or inf"):  # finite input, non-finite output: said at the boundary
-        task.predict(np.full((16, 16), 3e38, dtype=np.float32), family="heat")
+        task.predict(np.full((16, 16), 3e38, dtype=np.float32), family="heat", nu=0.01)
 
 
 def test_print_config_resolves_short_names(capsys) -> None:
@@ -192,3 +195,83 @@ def test_conditioned_channels_option() -> None:
     for shape in ((2, 5, 16, 16), (1, 5, 30, 22)):
         y = task(dict(input=torch.randn(*shape)))
         assert y.shape == (shape[0], 1, *shape[2:]) and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("family,name,columns", [("heat", "nu", [0]), ("allen_cahn", "eps2", [1]),
+                                                 ("advection", "velocity", [2, 3])])
+def test_predict_parameters_by_name_are_the_datamodule_channels(family: str, name: str, columns: list[int]) -> None:
+    """Physical values by name give the same input channels (hence prediction) as the generated
+    data's own channel maps; the values are the generator's physical draws, recovered through the
+    inverse of the stored encoding."""
+    from mmoe.datamodules.pde.datamodule import generate_family
+    from mmoe.datamodules.pde.preprocess import FAMILY_PARAMETERS, decode_parameter
+
+    torch.manual_seed(5)
+    task = PDETask(preprocess=PDEPreprocess(resolution=16), **SMALL).eval()
+    data = generate_family(family, 3, 16, seed=7, progress=False)
+    spec = FAMILY_PARAMETERS[family][0]
+    physical = decode_parameter(spec, data["params"][:, columns], task.pre.parameter_ranges[family][name])
+    full = np.zeros((3, 5, 16, 16), dtype=np.float32)
+    full[:, 0], full[:, 1:] = data["field"], data["params"][:, :, None, None]
+    by_name = task.predict(data["field"], family=family, **{name: physical if len(columns) > 1 else physical[:, 0]})
+    np.testing.assert_allclose(by_name, task.predict(full, family=family)[:, 0], rtol=1e-4, atol=1e-5)
+    if family == "heat":  # the draws are log-uniform within the stated range
+        assert ((physical >= 3e-3) & (physical <= 3e-2)).all()
+
+
+def test_predict_refuses_missing_or_foreign_parameters() -> None:
+    task = PDETask(preprocess=PDEPreprocess(resolution=16), **SMALL)
+    f = np.random.default_rng(0).normal(size=(16, 16))
+    with pytest.raises(ValueError, match=r"nu: family 'heat' needs its diffusivity.*\[0.003, 0.03\]"):
+        task.predict(f, family="heat")
+    with pytest.raises(ValueError, match=r"velocity: family 'advection' needs"):
+        task.predict(f, family="advection")
+    with pytest.raises(ValueError, match=r"velocity: family 'heat' takes \['nu'\]"):
+        task.predict(f, family="heat", nu=0.01, velocity=(1.0, 0.0))
+    with pytest.raises(ValueError, match=r"nu: family 'darcy' takes no parameters"):
+        task.predict(f, family="darcy", nu=0.01)
+    with pytest.raises(ValueError, match=r"family: a field without a channel axis needs its family"):
+        PDETask(preprocess=PDEPreprocess(resolution=16, input_scale={}, target_scale={}), **SMALL).predict(f)
+    with pytest.raises(ValueError, match=r"nu: a field with a channel axis carries its parameters"):
+        task.predict(np.zeros((1, 5, 16, 16)), family="heat", nu=0.01)
+    with pytest.raises(ValueError, match=r"velocity: expected shape \(2,\) or \(2, 2\)"):
+        task.predict(np.stack([f, f]), family="advection", velocity=(0.1, 0.2, 0.3))
+    with pytest.raises(ValueError, match=r"nu: expected finite values > 0"):
+        task.predict(f, family="heat", nu=0.0)
+    with pytest.raises(TypeError, match=r"nu: expected real numbers"):
+        task.predict(f, family="heat", nu="0.01")
+    with pytest.warns(UserWarning, match=r"nu: values in \[0.1, 0.1\] leave the range \[0.003, 0.03\]"):
+        task.predict(f, family="heat", nu=0.1)
+    per_sample = task.predict(np.stack([f, f]), family="advection", velocity=[(0.5, 0.0), (-0.5, 0.25)])
+    assert per_sample.shape == (2, 16, 16) and not np.allclose(per_sample[0], per_sample[1])
+
+
+@pytest.mark.parametrize("sizes", [(32, 64), (64, 32), (30, 45), (33, 64), (17, 16)])
+def test_spectral_resample_is_exact_for_band_limited_fields(sizes: tuple[int, int]) -> None:
+    """Between cell-centred grids, 1D and 2D, odd and even sizes, against the analytic function."""
+    from mmoe.tasks.pde.model import spectral_resample
+
+    n, m = sizes
+    c = lambda k: (torch.arange(k, dtype=torch.float64) + 0.5) / k  # noqa: E731
+    f = lambda X, Y: torch.sin(2 * np.pi * X + 0.3) * torch.cos(6 * np.pi * Y) + torch.cos(2 * np.pi * (5 * X - 2 * Y))  # noqa: E731
+    X, Y = torch.meshgrid(c(n), c(n), indexing="ij")
+    Xo, Yo = torch.meshgrid(c(m), c(m), indexing="ij")
+    got = spectral_resample(f(X, Y)[None, None], [m, m])[0, 0]
+    torch.testing.assert_close(got, f(Xo, Yo), rtol=0, atol=1e-10)
+    g = lambda x: torch.sin(2 * np.pi * 3 * x) + 0.5 * torch.cos(2 * np.pi * 7 * x - 1.0)  # noqa: E731
+    torch.testing.assert_close(spectral_resample(g(c(n))[None], [m])[0], g(c(m)), rtol=0, atol=1e-10)
+
+
+def test_periodic_family_prediction_does_not_depend_on_the_grid() -> None:
+    """A band-limited field of a periodic family at 64x64 gives the 32x32 prediction, resampled."""
+    from mmoe.tasks.pde.model import spectral_resample
+
+    torch.manual_seed(6)
+    task = PDETask(preprocess=PDEPreprocess(resolution=32), **SMALL).eval()
+    c = lambda k: (np.arange(k) + 0.5) / k  # noqa: E731
+    u = lambda k: np.sin(2 * np.pi * c(k))[:, None] * np.cos(4 * np.pi * c(k))[None, :]  # noqa: E731
+    y32 = task.predict(u(32), family="heat", nu=0.01)
+    y64 = task.predict(u(64), family="heat", nu=0.01)
+    # the pointwise skip path adds the (grid-exact) input's image on each grid: compare low modes
+    low = spectral_resample(torch.from_numpy(y64)[None], [16, 16])[0]
+    torch.testing.assert_close(low, spectral_resample(torch.from_numpy(y32)[None], [16, 16])[0], rtol=1e-3, atol=1e-3)

@@ -51,7 +51,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mmoe.datamodules.pde import solvers as S
-from mmoe.tasks.pde.io import PDEPreprocess
+from mmoe.datamodules.pde.preprocess import (EMBEDDED_PARAMETER_RANGES as RANGES, FAMILY_PARAMETERS,
+                                             PDEPreprocess, encode_parameter)
 
 FAMILIES: dict[int, tuple[str, ...]] = {2: ("darcy", "heat", "advection", "allen_cahn"), 1: ("burgers",)}
 IN_CHANNELS: dict[int, int] = {2: 5, 1: 2}
@@ -64,11 +65,13 @@ _CHUNK = 64  # samples solved together: bounds memory and paces the progress bar
 # Every entry is part of the cache key. "grf" is (mode cutoff, alpha, tau) of the random fields.
 FAMILY_PARAMS: dict[str, dict[str, Any]] = {
     "darcy": {"grf": [7, 2.0, 3.0], "a_high": 12.0, "a_low": 3.0, "forcing": 1.0, "target_scale": 0.01},
-    "heat": {"grf": [7, 1.5, 3.0], "nu": [3e-3, 3e-2], "t_final": 1.0},
-    "advection": {"grf": [7, 1.5, 3.0], "speed": 1.0, "t_final": 0.5},
-    "allen_cahn": {"grf": [7, 1.5, 3.0], "eps2": [1e-3, 4e-3], "t_final": 2.0, "dt": 0.05, "solver_grid": 64},
+    "heat": {"grf": [7, 1.5, 3.0], "nu": RANGES["heat"]["nu"], "t_final": 1.0},
+    "advection": {"grf": [7, 1.5, 3.0], "speed": RANGES["advection"]["velocity"][1], "t_final": 0.5},
+    "allen_cahn": {"grf": [7, 1.5, 3.0], "eps2": RANGES["allen_cahn"]["eps2"], "t_final": 2.0, "dt": 0.05,
+                   "solver_grid": 64},
     "burgers": {
-        "grf": [16, 2.0, 6.0], "amplitude": 0.5, "nu": [2e-3, 5e-2], "t_final": 1.0, "cfl": 0.8, "solver_grid": 1024,
+        "grf": [16, 2.0, 6.0], "amplitude": 0.5, "nu": RANGES["burgers"]["nu"], "t_final": 1.0, "cfl": 0.8,
+        "solver_grid": 1024,
     },
 }
 _ALL_FAMILIES = FAMILIES[2] + FAMILIES[1]
@@ -83,13 +86,6 @@ def default_cache_dir() -> Path:
 # ---------------------------------------------------------------------------------------
 # Generation and cache
 # ---------------------------------------------------------------------------------------
-def _log_uniform(rng: np.random.Generator, lo_hi: list[float], num: int) -> tuple[np.ndarray, np.ndarray]:
-    """Samples log-uniform in ``lo_hi`` and their position in [0, 1] on the log scale."""
-    s = rng.uniform(size=num)
-    lo, hi = np.log(lo_hi[0]), np.log(lo_hi[1])
-    return np.exp(lo + s * (hi - lo)), s
-
-
 def generate_family(
     family: str, num_samples: int, resolution: int, seed: int, progress: bool = True
 ) -> dict[str, Any]:
@@ -107,18 +103,17 @@ def generate_family(
     modes = [np.arange(-cutoff, cutoff + 1)] * dim
     grid = [S.cell_centres(resolution)] * dim
     fine = [S.cell_centres(max(p.get("solver_grid", resolution), resolution))] * dim
-    params = np.zeros((num_samples, IN_CHANNELS[dim] - 1))
     # Each physical parameter has its own channel, so families with alike inputs (heat and
-    # Allen-Cahn both start from a random field) stay distinguishable; present log-scale
-    # parameters lie in [1, 2], absent ones are 0.
-    if family in ("heat", "burgers"):
-        coef, s = _log_uniform(rng, p["nu"], num_samples)
-        params[:, 0] = 1 + s
-    elif family == "allen_cahn":
-        coef, s = _log_uniform(rng, p["eps2"], num_samples)
-        params[:, 1] = 1 + s
-    elif family == "advection":
-        params[:, 2:4] = coef = rng.uniform(-p["speed"], p["speed"], size=(num_samples, 2))
+    # Allen-Cahn both start from a random field) stay distinguishable; the encoding (log-scale
+    # parameters mapped to [1, 2] within their range, absent ones 0) is the one predict uses.
+    params = np.zeros((num_samples, IN_CHANNELS[dim] - 1))
+    for spec in FAMILY_PARAMETERS[family]:
+        lo, hi = RANGES[family][spec.name]
+        if spec.scale == "log":
+            coef = np.exp(rng.uniform(np.log(lo), np.log(hi), size=num_samples))
+        else:
+            coef = rng.uniform(lo, hi, size=(num_samples, len(spec.channels)))
+        params[:, [c - 1 for c in spec.channels]] = encode_parameter(spec, coef.reshape(num_samples, -1), [lo, hi])
 
     if family == "burgers":  # one time step for all chunks, from the largest |u0|
         u0_max = p["amplitude"] * np.abs(S.eval_fourier(coeffs, modes, fine)).max()
@@ -431,7 +426,8 @@ class PDEDataModule(pl.LightningDataModule):
             scales = {f: unit_scales(f) for f in self.family_names}
             return PDEPreprocess(self.dim, self.in_channels, self.out_channels, list(self.family_names),
                                  self.resolution, {f: s[0] for f, s in scales.items() if s[0] != 1.0},
-                                 {f: s[1] for f, s in scales.items() if s[1] != 1.0})
+                                 {f: s[1] for f, s in scales.items() if s[1] != 1.0},
+                                 {f: RANGES[f] for f in self.family_names if f in RANGES})
         _, _, shape = inspect_pdebench(self.hparams.path, "path", self.dim)
         return PDEPreprocess(self.dim, self.in_channels, self.out_channels, [], int(shape[0]))
 

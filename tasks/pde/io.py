@@ -1,86 +1,70 @@
-"""What PDE predict needs: the preprocessing config and the input/output functions.
+"""What PDE predict needs: input checks, physical parameters by name, units in and out.
 
-``PDEPreprocess`` travels with the weights (zoo metadata, checkpoint hyper-parameters), so a
-loaded model maps inputs and outputs between physical units and its training units exactly as
-its datamodule did.
+The preprocessing config (``PDEPreprocess``) and the parameter encoding are the data's
+(:mod:`mmoe.datamodules.pde.preprocess`): predict encodes ``nu=``, ``velocity=``... with the
+code that generated the training data.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
-DEFAULT_FAMILIES = ["darcy", "heat", "advection", "allen_cahn"]
+from mmoe.datamodules.pde.preprocess import PERIODIC_FAMILIES, PDEPreprocess, encode_parameter
 
+__all__ = ["PDEPreprocess", "finish_field", "parameter_maps", "prepare_field"]
 
-@dataclass
-class PDEPreprocess:
-    """Data settings of a PDE model (provided by ``PDEDataModule.preprocess``).
+def parameter_maps(pre: PDEPreprocess, family: str, num_samples: int, given: dict[str, Any]) -> torch.Tensor:
+    """The parameter channels ``[N, C-1]`` of ``family`` from physical values by name.
 
-    Args:
-        spatial_dims: 1 or 2.
-        in_channels: input channels (channel 0 is the field, the others parameter maps).
-        out_channels: output channels.
-        family_names: PDE families in label order (empty for unlabelled data such as PDEBench files).
-        resolution: grid points per axis of the training data; the operator computes on it
-            (None: on whatever grid comes in).
-        input_scale: family -> the factor channel 0 was divided by in training (missing: 1;
-            the defaults are the embedded data's; families not in ``family_names`` are dropped).
-        target_scale: family -> the factor the target was divided by in training (missing: 1).
+    ``given`` maps a parameter name to a scalar (or a ``velocity`` pair) for every sample, or to
+    one value per sample; missing parameters raise, values outside the training range warn.
     """
-
-    spatial_dims: int = 2
-    in_channels: int = 5
-    out_channels: int = 1
-    family_names: list[str] = field(default_factory=lambda: list(DEFAULT_FAMILIES))
-    resolution: int | None = 32
-    input_scale: dict[str, float] = field(default_factory=lambda: {"darcy": 12.0})
-    target_scale: dict[str, float] = field(default_factory=lambda: {"darcy": 0.01})
-
-    def __post_init__(self) -> None:
-        if self.spatial_dims not in (1, 2) or isinstance(self.spatial_dims, bool):
-            raise ValueError(f"preprocess.spatial_dims: expected 1 or 2, got {self.spatial_dims!r}")
-        for name in ("in_channels", "out_channels"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"preprocess.{name}: expected an int >= 1, got {v!r}")
-        if self.resolution is not None and (isinstance(self.resolution, bool) or not isinstance(self.resolution, int)
-                                            or self.resolution < 1):
-            raise ValueError(f"preprocess.resolution: expected None or an int >= 1, got {self.resolution!r}")
-        names = self.family_names
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
-            raise ValueError(f"preprocess.family_names: expected a list of distinct names, got {names!r}")
-        for kind in ("input_scale", "target_scale"):
-            scales = getattr(self, kind)
-            if not isinstance(scales, dict) or not all(
-                    isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-                    and math.isfinite(v) and v > 0 for k, v in scales.items()):
-                raise ValueError(f"preprocess.{kind}: expected family name -> finite scale > 0, got {scales!r}")
-            # scales of families this model does not know are dropped (e.g. a subset of families)
-            setattr(self, kind, {k: float(v) for k, v in scales.items() if k in names})
-
-    def scales(self, family: str | None) -> tuple[float, float]:
-        """``(input_scale, target_scale)`` of ``family`` (1, 1 for None)."""
-        if family is None:
-            return 1.0, 1.0
-        return float(self.input_scale.get(family, 1.0)), float(self.target_scale.get(family, 1.0))
-
-    @property
-    def units_differ(self) -> bool:
-        """Whether some family was trained in other units than its physical ones."""
-        return any(v != 1.0 for v in (*self.input_scale.values(), *self.target_scale.values()))
+    specs = pre.parameters(family)
+    names = [s.name for s in specs]
+    extra = [k for k, v in given.items() if v is not None and k not in names]
+    if extra:
+        raise ValueError(f"{extra[0]}: family {family!r} takes {names or 'no parameters'}, got {extra[0]}=...")
+    maps = np.zeros((num_samples, pre.in_channels - 1))
+    for spec in specs:
+        lo, hi = pre.parameter_ranges[family][spec.name]
+        width = len(spec.channels)
+        value = given.get(spec.name)
+        if value is None:
+            example = "(0.6, -0.3)" if width == 2 else f"{np.sqrt(lo * hi) if spec.scale == 'log' else (lo + hi) / 2:.3g}"
+            raise ValueError(f"{spec.name}: family {family!r} needs its {spec.meaning}, trained on [{lo:g}, {hi:g}] "
+                             f"(e.g. {spec.name}={example}), got none")
+        v = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+        if v.dtype.kind not in "fiu":
+            raise TypeError(f"{spec.name}: expected real numbers, got {v.dtype} ({value!r:.60})")
+        per_sample = (num_samples, width) if width > 1 else (num_samples,)
+        one = (width,) if width > 1 else ()
+        if v.shape not in (one, per_sample):
+            raise ValueError(f"{spec.name}: expected shape {one or 'scalar'} or {per_sample} (one per sample), "
+                             f"got {v.shape}")
+        v = np.broadcast_to(v.astype(np.float64), per_sample).reshape(num_samples, width)
+        if not np.isfinite(v).all() or (spec.scale == "log" and (v <= 0).any()):
+            raise ValueError(f"{spec.name}: expected finite values{' > 0' if spec.scale == 'log' else ''}, "
+                             f"got {value!r:.80}")
+        if ((v < lo) | (v > hi)).any():
+            warnings.warn(f"{spec.name}: values in [{v.min():g}, {v.max():g}] leave the range [{lo:g}, {hi:g}] "
+                          f"the model was trained on (family {family!r}); it extrapolates there", stacklevel=4)
+        maps[:, [c - 1 for c in spec.channels]] = encode_parameter(spec, v, [lo, hi])
+    return torch.from_numpy(maps).float()
 
 
-def prepare_field(pre: PDEPreprocess, patch_size: int, field_: Any, family: str | None
-                  ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def prepare_field(pre: PDEPreprocess, patch_size: int, field_: Any, family: str | None,
+                  parameters: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Check a predict input and bring it to the model's layout and units.
 
-    Returns the batch ``{"input": [N, C, *grid]}`` and the context ``finish_field`` needs.
+    ``parameters`` (name -> physical value, e.g. ``{"nu": 0.01}``) fill the parameter channels of
+    a field without a channel axis. Returns the batch ``{"input": [N, C, *grid]}`` and the
+    context ``finish_field`` needs.
     """
+    parameters = {k: v for k, v in (parameters or {}).items() if v is not None}
     is_numpy = isinstance(field_, np.ndarray)
     if not is_numpy and not isinstance(field_, torch.Tensor):
         raise TypeError(f"field: expected a numpy array or torch.Tensor, got {type(field_).__name__}")
@@ -102,23 +86,39 @@ def prepare_field(pre: PDEPreprocess, patch_size: int, field_: Any, family: str 
         raise ValueError(f"field: contains NaN or inf (shape {tuple(x.shape)})")
     if family is not None and family not in pre.family_names:
         raise ValueError(f"family: expected one of {pre.family_names} or None, got {family!r}")
-    if family is None and pre.units_differ:
-        raise ValueError(
-            f"family: this model's families were trained in different units (input scales {pre.input_scale}, "
-            f"target scales {pre.target_scale}); pass family= one of {pre.family_names} so that the field is "
-            "read and the solution returned in physical units")
-    in_scale, target_scale = pre.scales(family)
     layout = x.ndim
+    if layout == d + 2 and parameters:
+        raise ValueError(f"{next(iter(parameters))}: a field with a channel axis carries its parameters as "
+                         f"channels 1..{C - 1}; pass a field without one ({'[H, W]' if d == 2 else '[X]'} or "
+                         "[N, ...]) to give them by name")
+    if family is None:
+        if pre.units_differ:
+            raise ValueError(
+                f"family: this model's families were trained in different units (input scales {pre.input_scale}, "
+                f"target scales {pre.target_scale}); pass family= one of {pre.family_names} so that the field is "
+                "read and the solution returned in physical units")
+        if parameters:
+            raise ValueError(f"family: {next(iter(parameters))}= was given, so the family must be named: "
+                             f"one of {pre.family_names}, got None")
+        if layout <= d + 1 and any(pre.parameters(f) for f in pre.family_names):
+            raise ValueError(f"family: a field without a channel axis needs its family (one of "
+                             f"{pre.family_names}) and that family's parameters by name, got None")
+    in_scale, target_scale = pre.scales(family)
     x = x64.float()
     if layout == d:
         x = x.unsqueeze(0)
     if layout <= d + 1:
-        x = torch.cat([x.unsqueeze(1), x.new_zeros(x.shape[0], C - 1, *x.shape[1:])], dim=1)
+        maps = (parameter_maps(pre, family, x.shape[0], parameters) if family is not None
+                else x.new_zeros(x.shape[0], C - 1))
+        maps = maps.view(*maps.shape, *([1] * d)).expand(-1, -1, *x.shape[1:])
+        x = torch.cat([x.unsqueeze(1), maps], dim=1)
     x = x.clone()
     x[:, 0] /= in_scale
     context = {"layout": layout, "numpy": is_numpy, "device": None if is_numpy else field_.device,
                "target_scale": target_scale}
-    return {"input": x}, context
+    # a grid other than the training one is resampled: spectrally where the family is periodic
+    resample = "spectral" if family in PERIODIC_FAMILIES else "linear"
+    return {"input": x, "resample": resample}, context
 
 
 def finish_field(pre: PDEPreprocess, y: torch.Tensor, context: dict[str, Any]) -> np.ndarray | torch.Tensor:

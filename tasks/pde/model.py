@@ -7,9 +7,10 @@ when family labels are known); per token, the top-k experts of that group plus t
 shared expert. A linear head maps tokens back to patches.
 
 Resolution: the operator computes on its training grid (``resolution``). A field on another
-grid is resampled to it (bilinear / linear, cell-centred), and the prediction is resampled
-back; the pointwise skip path runs on the native grid. So a model trained at 32x32 predicts at
-64x64 (or 30x22) with the accuracy of its 32x32 grid plus the interpolation error.
+grid is resampled to it and the prediction back, spectrally for periodic families (exact for
+fields whose modes the training grid resolves) and (bi)linearly otherwise (darcy); the
+pointwise skip path runs on the native grid. So a model trained at 32x32 predicts at 64x64 (or
+30x22) with the accuracy of its 32x32 grid plus the resampling error.
 
 Parameter-conditioned Fourier channels (``conditioned_channels > 0``): the spectral mixer's
 weights are fixed, and the PDE parameters enter only as constant input maps, so no layer can
@@ -24,6 +25,7 @@ the native grid (exact at any resolution) and reach both the operator and the sk
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,36 @@ from torch import nn
 
 from mmoe.backbone import BlockSpec, MultimodalMoEBackbone
 from mmoe.settings import MoESettings
+
+
+def spectral_resample(x: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """Resample periodic fields between cell-centred grids on their last ``len(size)`` axes, exactly
+    for band-limited fields: Fourier modes below both grids' Nyquist frequency are kept (with
+    the half-cell phase shift of each grid), the others dropped."""
+    d = len(size)
+    y = x.to(torch.complex128 if x.dtype == torch.float64 else torch.complex64)
+    for axis, m in zip(range(x.ndim - d, x.ndim), size):
+        n = y.shape[axis]
+        if n == m:
+            continue
+        c = torch.fft.fft(y, dim=axis, norm="forward")
+        k = torch.fft.fftfreq(n, 1.0 / n, device=x.device, dtype=torch.float64)
+        keep = min(n, m)
+        # modes |k| < keep/2 survive; a Nyquist mode of an even grid is ambiguous, so it is dropped
+        mask = k.abs() < keep / 2
+        shape = [1] * y.ndim
+        shape[axis] = n
+        phase = torch.exp(-1j * math.pi * k / n) * mask
+        c = c * phase.view(shape).to(c.dtype)
+        k_out = torch.fft.fftfreq(m, 1.0 / m, device=x.device, dtype=torch.float64)
+        out = torch.zeros(*y.shape[:axis], m, *y.shape[axis + 1:], dtype=c.dtype, device=x.device)
+        src = torch.nonzero(mask).squeeze(1)
+        dst = torch.remainder(k[src], m).long()
+        out.index_copy_(axis, dst, c.index_select(axis, src))
+        shape[axis] = m
+        out = out * torch.exp(1j * math.pi * k_out / m).view(shape).to(c.dtype)
+        y = torch.fft.ifft(out, dim=axis, norm="forward")
+    return y.real.to(x.dtype)
 
 
 def fourier_positions(grid: tuple[int, ...], patch: int, resolution: tuple[int, ...], num_freqs: int,
@@ -153,18 +185,27 @@ class NestedMoEOperator(nn.Module):
         self.head = nn.Linear(dim, out_channels * patch_size**spatial_dims)
         self.skip = conv(in_channels, out_channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, resample: Literal["linear", "spectral"] | torch.Tensor = "linear"
+                ) -> torch.Tensor:
+        """``x [B, C_in, *grid]`` -> ``[B, C_out, *grid]``. ``resample``: how a grid other than
+        ``resolution`` is brought to it and back: ``"spectral"`` (exact for band-limited periodic
+        fields), ``"linear"`` ((bi)linear, for non-periodic ones) or a bool ``[B]`` (True: spectral)."""
         if self.condition is not None:  # on the native grid, before any resampling
             x = torch.cat([x, self.condition(x)], dim=1)
         size = list(x.shape[2:])
         work = [self.resolution] * self.spatial_dims if self.resolution else size
-        if work != size:
-            mode = "linear" if self.spatial_dims == 1 else "bilinear"
-            y = self._operator(F.interpolate(x, size=work, mode=mode, align_corners=False))
-            y = F.interpolate(y, size=size, mode=mode, align_corners=False)
-        else:
-            y = self._operator(x)
-        return y + self.skip(x)
+        if work == size:
+            return self._operator(x) + self.skip(x)
+        if isinstance(resample, str):
+            resample = torch.full((x.shape[0],), resample == "spectral", device=x.device)
+        spectral = resample.view(-1, *([1] * (x.ndim - 1)))
+        mode = "linear" if self.spatial_dims == 1 else "bilinear"
+
+        def to(t: torch.Tensor, grid: list[int]) -> torch.Tensor:  # both ways, chosen per sample
+            return torch.where(spectral, spectral_resample(t, grid),
+                               F.interpolate(t, size=grid, mode=mode, align_corners=False))
+
+        return to(self._operator(to(x, work)), size) + self.skip(x)
 
     def _operator(self, x: torch.Tensor) -> torch.Tensor:
         B, _, *size = x.shape

@@ -12,7 +12,8 @@ from torchmetrics import Accuracy
 from mmoe.moe_layer import MoELayer
 from mmoe.settings import MoESettings, upgrade_legacy_moe
 from mmoe.tasks.base import BaseMoETask
-from mmoe.tasks.pde.io import PDEPreprocess, finish_field, prepare_field
+from mmoe.datamodules.pde.preprocess import PERIODIC_FAMILIES, PDEPreprocess
+from mmoe.tasks.pde.io import finish_field, prepare_field
 from mmoe.tasks.pde.metrics import RelativeL2
 from mmoe.tasks.pde.model import NestedMoEOperator
 from mmoe.validation import check_choice, check_positive_int
@@ -99,7 +100,13 @@ class PDETask(BaseMoETask):
         return list(self.pre.family_names) or None
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.model(batch["input"])
+        resample = batch.get("resample")
+        if resample is None:  # on another grid than the training one, periodic families resample spectrally
+            family, names = batch.get("family"), self.pre.family_names
+            codes = family.tolist() if family is not None else [-1] * batch["input"].shape[0]
+            resample = torch.tensor([0 <= f < len(names) and names[f] in PERIODIC_FAMILIES for f in codes],
+                                    device=batch["input"].device)
+        return self.model(batch["input"], resample)
 
     def _group_logits(self) -> list[torch.Tensor]:
         return [m.last_sample_logits for m in self.modules()
@@ -175,21 +182,35 @@ class PDETask(BaseMoETask):
         return {"pde_samples": fig}
 
     # ------------------------------------------------------------------ inference
-    def predict(self, field: np.ndarray | torch.Tensor, family: str | None = None) -> np.ndarray | torch.Tensor:
+    def predict(self, field: np.ndarray | torch.Tensor, family: str | None = None, *,
+                nu: float | np.ndarray | torch.Tensor | None = None, eps2: float | np.ndarray | torch.Tensor | None = None,
+                velocity: tuple[float, float] | np.ndarray | torch.Tensor | None = None) -> np.ndarray | torch.Tensor:
         """Solution operator on ``field``, in the layout, array type and physical units it came in.
+
+        The embedded 2D families (unit square, cell-centred grid, periodic except darcy):
+        ``darcy``: coefficient ``a`` (3 to 12) -> pressure ``u`` of ``-div(a grad u) = 1``, ``u = 0`` on the
+        boundary; ``heat``: ``u0 -> u(t=1)`` of ``u_t = nu lap u``, ``nu`` in [3e-3, 3e-2];
+        ``advection``: ``u0 -> u(t=0.5)`` of ``u_t + c.grad u = 0``, ``velocity`` c in [-1, 1]^2;
+        ``allen_cahn``: ``u0 -> u(t=2)`` of ``u_t = eps2 lap u + u - u^3``, ``eps2`` in [1e-3, 4e-3].
+        1D ``burgers``: ``u0 -> u(t=1)`` of ``u_t + (u^2/2)_x = nu u_xx``, ``nu`` in [2e-3, 5e-2].
+        A model's own ranges are in ``preprocess.parameter_ranges``.
 
         Args:
             field: 2D ``[H, W]``, ``[N, H, W]`` or ``[N, C, H, W]``; 1D ``[X]``, ``[N, X]`` or
-                ``[N, C, X]``; any resolution of at least one patch. Without a channel axis it is
-                the field channel (0) and the parameter channels are zero; with one, channels
-                1.. are the parameter maps as the datamodule builds them.
-            family: the PDE family of every sample (a name from ``preprocess.family_names``):
-                it selects the units the model was trained in. Needed when families' units differ.
+                ``[N, C, X]``; any resolution of at least one patch. Without a channel axis it is the
+                field (channel 0) and the parameters come by name; with one, channels 1.. are the
+                parameter maps as the datamodule encodes them.
+            family: the PDE family of every sample (a name from ``preprocess.family_names``); needed
+                for a field without a channel axis and where families' units differ.
+            nu: heat diffusivity or burgers viscosity: a scalar or one per sample.
+            eps2: allen_cahn interface energy: a scalar or one per sample.
+            velocity: advection velocity ``(c_x, c_y)``: a pair or ``[N, 2]``.
         """
-        return super().predict(field, family)
+        return super().predict(field, family, {"nu": nu, "eps2": eps2, "velocity": velocity})
 
-    def prepare_inputs(self, field: Any, family: str | None = None) -> tuple[dict[str, torch.Tensor], Any]:
-        return prepare_field(self.pre, self.hparams.patch_size, field, family)
+    def prepare_inputs(self, field: Any, family: str | None = None, parameters: dict[str, Any] | None = None
+                       ) -> tuple[dict[str, torch.Tensor], Any]:
+        return prepare_field(self.pre, self.hparams.patch_size, field, family, parameters)
 
     def finish_outputs(self, output: torch.Tensor, context: Any) -> np.ndarray | torch.Tensor:
         return finish_field(self.pre, output, context)
