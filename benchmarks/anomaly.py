@@ -5,6 +5,13 @@
     python benchmarks/anomaly.py --skip_train --configs default    # re-evaluate the runs under --run_dir
     python benchmarks/anomaly.py --release --configs default       # also export the default run to the zoo
     python benchmarks/anomaly.py --smoke --configs default --run_dir /tmp/bench   # tiny, < 1 minute
+    python benchmarks/anomaly.py --configs default --recalibrate checkpoints/anomaly-mtl-mad.safetensors --release
+
+``--recalibrate FILE`` takes a released file's trained weights instead of training, and gives them
+today's scoring (issue 32): the feature bank (``bank_size``, ``bank_tasks``, ``knn_share`` from
+configs/anomaly/default.yaml) is filled from the embedded normal training images, then the map
+calibration and the decision thresholds come from the normal validation images; the trained
+weights are unchanged. The result is evaluated (and released with ``--release``) like a trained run.
 
 Each config (configs/anomaly/<name>.yaml) is trained with ``mmoe fit`` semantics (LightningCLI, the
 config's seed), the fit is timed, and the best-validation checkpoint (its anomaly-map calibration
@@ -70,6 +77,44 @@ def discover(name: str, run_dir: str) -> dict:
             "seed": cfg.get("seed_everything"), "data_args": dict(cfg["data"]["init_args"]), "run_kind": "re-evaluated"}
 
 
+SCORING_ARGS = ("bank_size", "bank_tasks", "knn_share")
+
+
+def recalibrate(path: str, run_dir: str, train_seconds: float | None) -> dict:
+    """A released file's weights with the default recipe's scoring: bank from the normal training
+    images, calibration and thresholds from the normal validation images (see the module docstring);
+    written as a Lightning-style checkpoint under ``run_dir`` for the export."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from mmoe.loading import _construct, check_init_args, import_class
+
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    class_path, state = meta["class_path"], load_file(path)
+    cls = import_class(class_path)
+    cfg = yaml.safe_load((CONFIGS / "default.yaml").read_text())
+    init_args = cls.upgrade_init_args(json.loads(meta["init_args"]))
+    init_args.update({k: cfg["model"]["init_args"][k] for k in SCORING_ARGS})
+    model = _construct(cls, check_init_args(cls, init_args, path), path)
+    old = {k: v for k, v in state.items() if not k.endswith(("calib_mean", "calib_std"))}  # recomputed below
+    result = model.load_state_dict(old, strict=False)
+    new = {"model.calib_mean", "model.calib_std", "model.bank", "model.bank_ready", "model.score_table",
+           "model.pixel_table", "model.table_ready"}
+    if result.unexpected_keys or not set(result.missing_keys) <= new:
+        raise SystemExit(f"--recalibrate: {path} does not fit today's model: {result}")
+    data_args = dict(cfg["data"]["init_args"])
+    dm = make_datamodule(data_args)
+    model.float().calibrate(dm.val_dataloader(), reference=dm.reference_dataloader())
+    ckpt = Path(run_dir) / "recalibrated" / "default.ckpt"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    steps = int(cfg["trainer"]["max_steps"])
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": init_args, "mmoe_class_path": class_path,
+                "global_step": steps}, ckpt)
+    return {"config": "anomaly/default.yaml", "checkpoint": str(ckpt), "train_seconds": train_seconds, "steps": steps,
+            "seed": cfg.get("seed_everything"), "data_args": data_args, "run_kind": f"recalibrated {path}"}
+
+
 def make_datamodule(data_args: dict):
     from mmoe.datamodules.anomaly import AnomalyDataModule
 
@@ -78,10 +123,10 @@ def make_datamodule(data_args: dict):
     return dm
 
 
-def _metrics(maps: np.ndarray, scores: np.ndarray, dm) -> dict[str, float]:
+def _metrics(maps: np.ndarray, scores: np.ndarray, dm, ds=None) -> dict[str, float]:
     from mmoe.tasks.anomaly.metrics import AnomalyMetrics
 
-    ds = dm.test_dataset
+    ds = dm.test_dataset if ds is None else ds
     samples = [ds[i] for i in range(len(ds))]
     metric = AnomalyMetrics(dm.modality_names)
     metric.update(torch.as_tensor(maps), torch.as_tensor(scores), torch.stack([s["mask"][0] for s in samples]),
@@ -91,11 +136,14 @@ def _metrics(maps: np.ndarray, scores: np.ndarray, dm) -> dict[str, float]:
 
 
 @torch.no_grad()
-def model_maps(model, dm) -> tuple[np.ndarray, np.ndarray]:
-    """Anomaly maps and scores of the test split (true modality given, as in the datamodule's test)."""
+def model_maps(model, dm, ds=None) -> tuple[np.ndarray, np.ndarray]:
+    """Anomaly maps and scores of the test split, or of ``ds`` (true modality given, as in the datamodule's test)."""
+    from torch.utils.data import DataLoader
+
     model.eval()
     maps, scores = [], []
-    for batch in dm.test_dataloader():
+    loader = dm.test_dataloader() if ds is None else DataLoader(ds, batch_size=dm.hparams.batch_size)
+    for batch in loader:
         out = model.model.anomaly_maps(batch["image"].float(), batch["modality"])
         maps.append(out["map"].float().numpy())
         scores.append(out["score"].float().numpy())
@@ -130,12 +178,12 @@ def _score(maps: torch.Tensor, top_fraction: float = 0.01) -> np.ndarray:
     return maps.flatten(1).topk(k, dim=1).values.mean(1).numpy()
 
 
-def baseline_maps(dm, normals: dict[int, np.ndarray], kind: str) -> tuple[np.ndarray, np.ndarray]:
+def baseline_maps(dm, normals: dict[int, np.ndarray], kind: str, ds=None) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.decomposition import PCA
 
     from mmoe.tasks.anomaly.model import gaussian_blur
 
-    ds = dm.test_dataset
+    ds = dm.test_dataset if ds is None else ds
     images = torch.stack([ds[i]["image"] for i in range(len(ds))]).numpy()
     mods = np.array([int(ds[i]["modality"]) for i in range(len(ds))])
     maps = np.zeros(images.shape[:1] + images.shape[2:], dtype=np.float32)
@@ -156,6 +204,48 @@ def baseline_maps(dm, normals: dict[int, np.ndarray], kind: str) -> tuple[np.nda
             maps[sel] = ((t - rec) ** 2).reshape(images[sel].shape).mean(1)
     smoothed = gaussian_blur(torch.from_numpy(maps)[:, None], 2.0)[:, 0]
     return smoothed.numpy(), _score(smoothed)
+
+
+# ------------------------------------------------------------------------------ lesion types (issue 32 item 5)
+LESION_SEED = 3_000_033
+
+
+def lesion_type_dataset(dm, kind: str):
+    """The test split's normal images and, instead of its lesions, copies with lesion type ``kind``
+    (:data:`mmoe.datamodules.anomaly.lesions.LESION_TYPES`) on every modality, fixed seeds."""
+    from dataclasses import replace
+
+    from mmoe.datamodules.anomaly.datamodule import EvalDataset
+    from mmoe.datamodules.anomaly.lesions import LESION_TYPES
+
+    k = list(LESION_TYPES).index(kind)
+    items = [e if e.anomaly == "none" else replace(e, lesion=kind, seed=(LESION_SEED, k, *e.seed[1:]),
+                                                   name=f"{e.name}:{kind}")
+             for e in dm.test_dataset.items]
+    return EvalDataset(items, dm.hparams.image_size, dm.modality_names)
+
+
+def lesion_type_table(dm, methods: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{kind: {method: metrics}}``; ``methods``: name -> function(ds) giving (maps, scores)."""
+    from mmoe.datamodules.anomaly.lesions import LESION_TYPES
+
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for kind in LESION_TYPES:
+        ds = lesion_type_dataset(dm, kind)
+        out[kind] = {name: _metrics(*fn(ds), dm, ds) for name, fn in methods.items()}
+        print(json.dumps({kind: {n: {k: m[k] for k in KEYS} for n, m in out[kind].items()}}), flush=True)
+    return out
+
+
+def print_lesion_types(table: dict, modalities: list[str]) -> None:
+    methods = list(next(iter(table.values())))
+    print("\nlesion types (image AUROC / pixel AUROC, mean over modalities; per modality image AUROC)\n")
+    print("| lesion type | " + " | ".join(methods) + " | " + " | ".join(f"{methods[0]} {m}" for m in modalities) + " |")
+    print("|---" * (1 + len(methods) + len(modalities)) + "|")
+    for kind, rows in table.items():
+        cells = [f"{rows[n]['image_auroc']:.3f} / {rows[n]['pixel_auroc']:.3f}" for n in methods]
+        per = [f"{rows[methods[0]].get(f'image_auroc_{m}', float('nan')):.3f}" for m in modalities]
+        print(f"| {kind} | " + " | ".join(cells) + " | " + " | ".join(per) + " |")
 
 
 # ------------------------------------------------------------------------------ output
@@ -218,10 +308,17 @@ def release(result: dict, out_dir: Path) -> dict:
     training = (f"embedded AnomalyDataModule {json.dumps(data_args, sort_keys=True)} (normal images only); recipe of "
                 f"{cfg['trainer']['max_steps']} steps ({result['train_seconds']:.0f} s on 2 CPU cores), best validation "
                 f"checkpoint at step {result['steps']}, seed {cfg['seed_everything']}")
+    if result.get("run_kind", "").startswith("recalibrated"):
+        training += ("; the trained weights of the previous release, with the feature bank filled from the normal "
+                     "training images and the map calibration and thresholds from the normal validation images "
+                     "(benchmarks/anomaly.py --recalibrate)")
     common = dict(ckpt=Path(result["checkpoint"]), name=RELEASE_NAME, config="anomaly/default.yaml", task="anomaly",
                   training_data=training, out_dir=out_dir, dtype="float32",
                   description="medical anomaly detection after MTL-MAD: 4 proxy tasks routed to their own experts, "
-                              "anomaly map calibrated on normal validation images; predict(images, modality=None)")
+                              "anomaly map (proxy-task errors and feature distance to normal training tokens) "
+                              "calibrated on normal validation images, thresholds at a false-positive rate "
+                              "(default 1% of normal images, 1% of normal pixels for the mask); "
+                              "predict(images, modality=None, fpr=None, threshold=None)")
     row = export_checkpoint(metrics={}, **common)
     model = mmoe.load(out_dir / row["file"])
     dm = make_datamodule(data_args)
@@ -240,7 +337,11 @@ def main() -> None:
     parser.add_argument("--no_baselines", action="store_true")
     parser.add_argument("--release", action="store_true", help="export the default run to <run_dir>/release/")
     parser.add_argument("--train_seconds", type=float, default=None,
-                        help="with --skip_train --release: the measured wall time of the default fit")
+                        help="with --skip_train/--recalibrate --release: the measured wall time of the default fit")
+    parser.add_argument("--lesion_types", action="store_true",
+                        help="also the per-lesion-type table (every type of LESION_TYPES on every modality)")
+    parser.add_argument("--recalibrate", default=None, metavar="FILE",
+                        help="default: a released file's weights with today's scoring, instead of training")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     import mmoe
@@ -249,7 +350,10 @@ def main() -> None:
     maps_for_figure: dict[str, np.ndarray] = {}
     dm = None
     for name in args.configs:
-        r = discover(name, args.run_dir) if args.skip_train else train(name, args)
+        if args.recalibrate and name == "default":
+            r = recalibrate(args.recalibrate, args.run_dir, args.train_seconds)
+        else:
+            r = discover(name, args.run_dir) if args.skip_train else train(name, args)
         if r["train_seconds"] is None and args.train_seconds is not None and name == "default":
             r["train_seconds"] = args.train_seconds
         dm = make_datamodule(r["data_args"])
@@ -261,14 +365,24 @@ def main() -> None:
         results[name] = r
         maps_for_figure[name] = maps
         print(json.dumps({name: {k: r[k] for k in ("steps", "train_seconds", "eval_seconds", "metrics")}}), flush=True)
+    normals = None
     if dm is not None and not args.no_baselines:
         normals = normal_training_images(dm, 20 if args.smoke else 200)
         for kind, label in (("gaussian", "per-pixel Gaussian z-score"), ("pca", "PCA reconstruction")):
             maps, scores = baseline_maps(dm, normals, kind)
             results[label] = {"metrics": _metrics(maps, scores, dm), "steps": "-", "train_seconds": None}
             maps_for_figure[label] = maps
+    if dm is not None and args.lesion_types:
+        methods = {name: (lambda ds, m=mmoe.load(results[name]["checkpoint"]): model_maps(m, dm, ds))
+                   for name in args.configs}
+        if normals is not None:
+            methods["PCA reconstruction"] = lambda ds: baseline_maps(dm, normals, "pca", ds)
+            methods["per-pixel Gaussian z-score"] = lambda ds: baseline_maps(dm, normals, "gaussian", ds)
+        results["lesion_types"] = lesion_type_table(dm, methods)
     if dm is not None:
-        print_tables(results, dm.modality_names)
+        print_tables({k: v for k, v in results.items() if k != "lesion_types"}, dm.modality_names)
+        if "lesion_types" in results:
+            print_lesion_types(results["lesion_types"], dm.modality_names)
         save_figure(dm, maps_for_figure, Path(args.run_dir) / "anomaly_examples.png")
     out = Path(args.run_dir) / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from scipy.ndimage import binary_dilation
 
 from mmoe.datamodules.anomaly import AnomalyDataModule
 from mmoe.datamodules.anomaly.bmad import read_bmad
-from mmoe.datamodules.anomaly.lesions import simulate_lesion
+from mmoe.datamodules.anomaly.lesions import LESION_TYPES, simulate_lesion
 from mmoe.datamodules.anomaly.pseudo import KINDS, synthesize
 from mmoe.datamodules.anomaly.sources import MODALITIES, load_views, to_unit_range
 
@@ -70,6 +70,42 @@ def test_lesion_simulator_makes_hypo_and_hyper_masses() -> None:
     assert signs == {-1.0, 1.0}
     with pytest.raises(ValueError, match="image"):
         simulate_lesion(image[..., 0], "ct", np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("kind", list(LESION_TYPES))
+def test_lesion_types_are_reproducible_local_and_masked(kind: str) -> None:
+    """Every benchmark lesion type (issue 32 item 5): same seed, same lesion; the mask is a modest
+    region that changed; the change stays near the mask, except mass effect, which deforms the tissue
+    around it (and changes more than its mask)."""
+    image = _normal(size=64)
+    out, mask = simulate_lesion(image, "ct", np.random.default_rng(7), kind=kind)
+    again, _ = simulate_lesion(image, "ct", np.random.default_rng(7), kind=kind)
+    np.testing.assert_array_equal(out, again)
+    assert out.shape == image.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+    assert mask.dtype == bool and 0 < mask.mean() < 0.35
+    changed = np.abs(out - image).max(-1) > 1e-3
+    assert changed[mask].mean() > 0.9
+    far = changed & ~binary_dilation(mask, iterations=6)
+    if kind == "mass_effect":
+        assert far.sum() > 10  # the displaced tissue around the mass
+    else:
+        assert not far.any()
+
+
+def test_lesion_type_shapes_and_intensities_differ() -> None:
+    """Bright and dark masses go both ways; a ring has a dark core inside a bright rim; a streak is thin."""
+    image = _normal(size=64)
+    sign = {k: np.sign(float((simulate_lesion(image, "ct", np.random.default_rng(3), kind=k)[0] - image)[
+        simulate_lesion(image, "ct", np.random.default_rng(3), kind=k)[1]].mean())) for k in ("bright_mass", "dark_mass")}
+    assert sign == {"bright_mass": 1.0, "dark_mass": -1.0}
+    out, mask = simulate_lesion(image, "ct", np.random.default_rng(3), kind="ring")
+    inner = mask & ~binary_dilation(~mask, iterations=3)  # well inside the lesion: the core
+    rim = mask & ~inner
+    assert out[inner].mean() < out[rim].mean() - 0.2
+    _, streak = simulate_lesion(image, "ct", np.random.default_rng(3), kind="streak")
+    assert streak.any() and not (streak & ~binary_dilation(~streak, iterations=3)).any()  # no pixel 3 px deep
+    with pytest.raises(ValueError, match="kind: expected None or one of"):
+        simulate_lesion(image, "ct", np.random.default_rng(0), kind="cyst")
 
 
 @pytest.mark.parametrize("kind", KINDS)

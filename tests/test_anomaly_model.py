@@ -89,16 +89,18 @@ def test_rotate_cells_and_blur() -> None:
 def test_calibration_standardises_normal_maps() -> None:
     task = _task()
     batches = [_batch() for _ in range(2)]
-    task.calibrate(batches)
+    task.calibrate(batches, reference=[_batch(S=32)])
     task.eval()
-    raw, _ = task.model.raw_maps(batches[0]["image"])
+    raw, _, _ = task.model.raw_maps(batches[0]["image"], batches[0]["modality"])
     mods = batches[0]["modality"]
     z = (raw - task.model.calib_mean[mods][..., None, None]) / task.model.calib_std[mods][..., None, None]
     # the calibration batches are two copies: each modality's z-maps have mean 0 and std 1 per task
     for m in range(4):
         zm = z[mods == m].transpose(0, 1).flatten(1)
-        torch.testing.assert_close(zm.mean(1), torch.zeros(4), atol=1e-4, rtol=0)
-        torch.testing.assert_close(zm.std(1, correction=0), torch.ones(4), atol=1e-3, rtol=0)
+        C = z.shape[1]  # the four task maps and the feature distance
+        assert C == 5
+        torch.testing.assert_close(zm.mean(1), torch.zeros(C), atol=1e-4, rtol=0)
+        torch.testing.assert_close(zm.std(1, correction=0), torch.ones(C), atol=1e-3, rtol=0)
 
 
 def test_predict_inputs_sizes_and_paths(tmp_path: Path) -> None:
@@ -147,3 +149,102 @@ def test_predict_rejects_unknown_modality_and_bad_arguments() -> None:
         _task(moe=MoESettings(router="proxy_task", groups=4, num_experts=4, top_k=1))
     with pytest.raises(ValueError, match="image_size"):
         AnomalyPreprocess(image_size=30)
+
+
+def _calibrated(**kw) -> AnomalyTask:
+    task = _task(bank_size=64, **kw)
+    g = torch.Generator().manual_seed(5)
+    ref = {"image": torch.rand(8, 3, 32, 32, generator=g), "modality": torch.arange(8) % 4}
+    task.calibrate([_batch(), _batch()], reference=[ref])
+    return task
+
+
+def test_bank_is_a_coreset_of_the_reference_tokens() -> None:
+    """Every reference token is within the k-center radius of the bank; a modality without reference
+    images keeps an empty bank and its map falls back to the task maps."""
+    task = _task(bank_size=32)
+    feats = torch.randn(500, task.model.bank.shape[-1], generator=torch.Generator().manual_seed(0))
+    task.model.fill_bank(feats, 1)
+    bank = task.model.bank[1]
+    d = torch.cdist(feats, bank).amin(1)
+    assert d.max() > 0 and bool(torch.isin(bank, feats).all(-1).all())  # bank tokens are reference tokens
+    # greedy k-center: the covering radius is at most twice the optimum, and no worse than a random subset's
+    rand = torch.cdist(feats, feats[torch.randperm(500, generator=torch.Generator().manual_seed(1))[:32]]).amin(1)
+    assert d.max() <= rand.max()
+    assert task.model.bank_ready.tolist() == [0.0, 1.0, 0.0, 0.0]
+    x = torch.rand(2, 3, 32, 32)
+    task.eval()
+    with torch.no_grad():
+        out = task.model.anomaly_maps(x, torch.tensor([0, 0]))
+        raw = out["task_maps"]
+        assert float(raw[:, -1].abs().max()) == 0.0  # modality 0 has no bank: no feature distance
+        z = (raw[:, :4] - task.model.calib_mean[0, :4, None, None]) / task.model.calib_std[0, :4, None, None]
+        torch.testing.assert_close(out["map"], z.mean(1))
+
+
+def test_thresholds_from_normal_validation_images_and_overrides() -> None:
+    task = _calibrated()
+    m = task.model
+    assert m.table_ready.tolist() == [1.0] * 4
+    assert bool((m.score_table[:, :-1] >= m.score_table[:, 1:]).all())  # a lower rate needs a higher threshold
+    # the thresholds are the (1 - fpr) quantiles of the normal validation scores, recomputed here independently
+    batch = _batch()
+    with torch.no_grad():
+        out = m.anomaly_maps(batch["image"], batch["modality"])
+    for k in range(4):
+        scores = out["score"][batch["modality"] == k].double()
+        want = torch.quantile(scores, 1 - 0.1)
+        got, _ = m.thresholds(torch.tensor([k]), 0.1, 0.1)
+        torch.testing.assert_close(got[0], want, atol=1e-4, rtol=1e-4)
+    img = np.random.default_rng(0).random((20, 30)).astype(np.float32)
+    out = task.predict(img, modality="ct")
+    assert isinstance(out["is_anomalous"], bool) and out["mask"].shape == (20, 30) and out["mask"].dtype == bool
+    assert out["is_anomalous"] == (out["score"] > out["threshold"])
+    np.testing.assert_array_equal(out["mask"], out["map"] > out["pixel_threshold"])
+    low = task.predict(img, modality="ct", threshold=out["score"] - 1e-3, pixel_threshold=-1e9)
+    high = task.predict(img, modality="ct", threshold=out["score"] + 1e-3)
+    assert low["is_anomalous"] and not high["is_anomalous"] and low["mask"].all()
+    loose, strict = task.predict(img, modality="ct", fpr=0.4), task.predict(img, modality="ct", fpr=0.001)
+    assert loose["threshold"] <= out["threshold"] <= strict["threshold"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"fpr": 0.0}, "fpr: expected a false-positive rate in"), ({"fpr": 1.5}, "fpr: expected"),
+    ({"pixel_fpr": True}, "pixel_fpr: expected"), ({"threshold": float("nan")}, "threshold: expected a finite"),
+    ({"fpr": 0.1, "threshold": 1.0}, "not both"), ({"pixel_fpr": 0.1, "pixel_threshold": 1.0}, "not both"),
+    ({"window": (80, 0)}, "window: expected"), ({"window": "kidney"}, "window: expected"),
+])
+def test_predict_decision_arguments_are_checked(kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        _task().predict(np.zeros((8, 8)), **kwargs)
+
+
+def test_uncalibrated_model_gives_no_decision_unless_a_threshold_is_given() -> None:
+    out = _task().predict(np.random.default_rng(0).random((8, 8)))
+    assert out["is_anomalous"] is None and out["mask"] is None and out["threshold"] is None
+    out = _task().predict(np.random.default_rng(0).random((8, 8)), threshold=0.0, pixel_threshold=0.0)
+    assert isinstance(out["is_anomalous"], bool) and out["mask"].shape == (8, 8)
+
+
+def test_volumes_give_per_slice_scores_and_maps_in_the_file_geometry(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    task = _calibrated()
+    vol = (np.random.default_rng(4).random((20, 24, 3)) * 1500).astype(np.int16)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "v.nii.gz")
+    out = task.predict(str(tmp_path / "v.nii.gz"), modality="brain_mri")
+    assert out["map"].shape == vol.shape and out["mask"].shape == vol.shape and out["score"].shape == (3,)
+    assert out["volume_score"] == pytest.approx(float(out["score"].max()))
+    assert out["volume_is_anomalous"] == bool(out["is_anomalous"].any())
+    for z in range(3):  # slice z of the map volume is the map of slice z on its own
+        one = task.predict(vol[:, :, z], modality="brain_mri")
+        np.testing.assert_allclose(out["map"][:, :, z], one["map"], rtol=1e-4, atol=1e-4)
+        assert out["score"][z] == pytest.approx(one["score"], rel=1e-4, abs=1e-4)
+    # a fixed window instead of the percentiles: (v - low) / (high - low), clipped to [0, 1]
+    hu = (np.random.default_rng(5).random((16, 16)) * 600 - 300).astype(np.float32)
+    windowed = task.predict(hu, modality="ct", window="soft_tissue")  # (-160, 240)
+    unit = np.clip((hu + 160) / 400, 0, 1)
+    np.testing.assert_allclose(windowed["map"], task.predict(unit, modality="ct", window=(0.0, 1.0))["map"], atol=1e-5)
+    assert not np.allclose(windowed["map"], task.predict(hu, modality="ct")["map"], atol=1e-3)
+    with pytest.raises(ValueError, match="window: applies to greyscale images only"):
+        task.predict(np.zeros((8, 8, 3), np.uint8), window="brain")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmoe.inputs.image import MAX_PIXELS, image_layout, read_dicom_series, read_image
+from mmoe.inputs.image import MAX_PIXELS, image_layout, read_dicom_series, read_image, read_volume
 from mmoe.tasks.anomaly.io import AnomalyPreprocess, prepare_images
 from mmoe.tasks.restoration.io import MAX_PREDICT_PIXELS, RestorationPreprocess, prepare_image
 
@@ -40,7 +40,8 @@ def _tiff_header_only(path: Path, width: int, height: int) -> None:
 
 
 def _dicom(path: Path, pixels: np.ndarray | None = None, rows: int | None = None, cols: int | None = None,
-           position: float = 0.0, instance: int = 1, series: str = "1.2.3") -> None:
+           position: float = 0.0, instance: int = 1, series: str = "1.2.3",
+           rescale: tuple[float, float] | None = None) -> None:
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -60,6 +61,8 @@ def _dicom(path: Path, pixels: np.ndarray | None = None, rows: int | None = None
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.PixelData = a.astype(np.uint16).tobytes()
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
     ds.save_as(path, enforce_file_format=True)
 
 
@@ -174,6 +177,30 @@ def test_dicom_series_folder_sorted_by_position(tmp_path: Path) -> None:
     _dicom(tmp_path / "d.dcm", np.zeros((6, 6), np.uint16), series="9.9")
     with pytest.raises(ValueError, match="images: .*mixes slice sizes"):
         prepare_images(APRE, str(tmp_path), None)
+
+
+def test_read_volume_geometry_and_hounsfield_units(tmp_path: Path) -> None:
+    """read_volume: slices plus the way back into the file's own axes (NIfTI [X, Y, Z], DICOM
+    [N, H, W] in position order, a 2-D image [H, W]); rescale=True applies RescaleSlope/Intercept."""
+    import nibabel as nib
+
+    vol = (np.random.default_rng(3).random((6, 7, 4)) * 1000).astype(np.int16)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "v.nii.gz")
+    v = read_volume(tmp_path / "v.nii.gz")
+    assert v.is_volume and v.slices.shape == (4, 6, 7, 1) and v.slice_axis == 2
+    np.testing.assert_array_equal(v.to_file_axes(v.slices[..., 0]), vol)  # back to [X, Y, Z] exactly
+    series = tmp_path / "series"
+    series.mkdir()
+    raw = [np.full((3, 5), 1000 + 10 * k, np.uint16) for k in range(3)]
+    for k in (1, 2, 0):
+        _dicom(series / f"s{k}.dcm", raw[k], position=float(k), instance=k + 1, rescale=(2.0, -1024.0))
+    stored, hu = read_volume(series), read_volume(series, rescale=True)
+    assert stored.slice_axis == 0 and stored.slices.shape == (3, 3, 5, 1)
+    assert [int(s[0, 0, 0]) for s in stored.slices] == [1000, 1010, 1020]
+    np.testing.assert_allclose(hu.slices[..., 0], 2.0 * stored.slices[..., 0].astype(np.float64) - 1024.0)
+    np.testing.assert_allclose(read_image(series / "s1.dcm", rescale=True), 2.0 * raw[1].astype(np.float64) - 1024)
+    flat = read_volume(series / "s0.dcm")
+    assert not flat.is_volume and flat.to_file_axes(flat.slices[..., 0]).shape == (3, 5)
 
 
 # ------------------------------------------------------------------------------ one layout rule (finding 6)

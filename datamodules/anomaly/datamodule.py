@@ -143,6 +143,25 @@ class EvalItem:
     anomaly: Literal["none", "lesion", "pseudo", "real"]
     seed: tuple[int, ...]
     name: str
+    lesion: str | None = None  # a lesion type of :data:`.lesions.LESION_TYPES` (None: the modality's own)
+
+
+class ReferenceDataset(Dataset):
+    """Normal training images as they are and mirrored (resized, no augmentation): ``image`` and
+    ``modality`` only (the anomaly task's feature bank is filled from them)."""
+
+    def __init__(self, items: list[Item], size: int) -> None:
+        self.items, self.size = items, size
+
+    def __len__(self) -> int:
+        return 2 * len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        it = self.items[i // 2]
+        image = resize(it.load(), self.size)
+        if i % 2:
+            image = np.ascontiguousarray(image[:, ::-1])
+        return {"image": _tensor(image), "modality": torch.tensor(it.modality)}
 
 
 class EvalDataset(Dataset):
@@ -168,7 +187,7 @@ class EvalDataset(Dataset):
         rng = np.random.default_rng(list(e.seed))
         mask = np.zeros(image.shape[:2], dtype=bool)
         if e.anomaly == "lesion":
-            image, mask = simulate_lesion(image, self.names[e.item.modality], rng)
+            image, mask = simulate_lesion(image, self.names[e.item.modality], rng, kind=e.lesion)
         elif e.anomaly == "pseudo":
             image, m = synthesize(image, rng, other=image[::-1, ::-1].copy())
             mask = m > 0.5
@@ -189,6 +208,8 @@ class AnomalyDataModule(LightningDataModule):
         batch_size: batch size of every split.
         num_workers: DataLoader workers.
         seed: seeds the training samples (evaluation samples have fixed seeds).
+        reference_images: at most this many normal training images per modality (evenly spaced, each
+            also mirrored) in :meth:`reference_dataloader`, which fills the model's feature bank.
     """
 
     def __init__(
@@ -201,6 +222,7 @@ class AnomalyDataModule(LightningDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         seed: int = 0,
+        reference_images: int = 64,
     ) -> None:
         super().__init__()
         check_choice("dataset", dataset, DATASETS)
@@ -211,6 +233,7 @@ class AnomalyDataModule(LightningDataModule):
         check_positive_int("batch_size", batch_size)
         check_positive_int("num_workers", num_workers, minimum=0)
         check_positive_int("seed", seed, minimum=0)
+        check_positive_int("reference_images", reference_images)
         if dataset == "embedded":
             if root is not None:
                 raise ValueError(f"root: the embedded dataset takes no root, got {root!r}")
@@ -230,6 +253,7 @@ class AnomalyDataModule(LightningDataModule):
         self.train_dataset: TrainDataset | None = None
         self.val_dataset: EvalDataset | None = None
         self.test_dataset: EvalDataset | None = None
+        self.reference_dataset: ReferenceDataset | None = None
 
     @property
     def preprocess(self):
@@ -282,6 +306,11 @@ class AnomalyDataModule(LightningDataModule):
         for it in train_items:
             train.setdefault(it.modality, []).append(it)
         self.train_dataset = TrainDataset(train, names, hp.image_size, hp.samples_per_epoch, hp.seed)
+        reference = []
+        for m in sorted(train):
+            pool, n = train[m], min(len(train[m]), hp.reference_images)
+            reference += [pool[int(j)] for j in np.linspace(0, len(pool) - 1, n).round()]
+        self.reference_dataset = ReferenceDataset(reference, hp.image_size)
         self.val_dataset = EvalDataset(val, hp.image_size, names)
         self.test_dataset = EvalDataset(test, hp.image_size, names)
 
@@ -301,6 +330,11 @@ class AnomalyDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         self.setup()
         return self._loader(self.test_dataset)
+
+    def reference_dataloader(self) -> DataLoader:
+        """Normal training images, unaugmented (see :class:`ReferenceDataset`), for the feature bank."""
+        self.setup()
+        return self._loader(self.reference_dataset)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

@@ -26,10 +26,12 @@ or slices) with a ValueError naming the argument.
 Formats (:func:`read_image`): PNG/JPEG/BMP and the rest of PIL's formats; 16-bit colour PNG
 keeps 16 bits (decoded by OpenCV, which PIL cannot); TIFF through tifffile (any dtype, float and
 16-bit colour included; OpenCV when tifffile lacks the codec); DICOM through pydicom (stored
-values, no rescale or window applied); NIfTI ``.nii``/``.nii.gz`` through nibabel (stored values
+values, or with ``rescale=True`` the modality LUT applied: RescaleSlope/Intercept, Hounsfield
+units for CT; never a display window); NIfTI ``.nii``/``.nii.gz`` through nibabel (stored values
 times the header's scaling; a volume ``[X, Y, Z]`` is returned as slices ``[Z, X, Y, 1]``, slice
 ``z`` being ``data[:, :, z]``, not reoriented); DICOM series folders with
-:func:`read_dicom_series`.
+:func:`read_dicom_series`. :func:`read_volume` reads any of these as a stack of slices and says how
+per-slice results go back into the file's own array axes (:class:`Volume`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -83,13 +86,16 @@ def check_pixels(count: int, name: str, path: Any, max_pixels: int, what: str = 
 
 
 # ----------------------------------------------------------------------------------- readers
-def read_image(path: str | os.PathLike, name: str = "image", *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def read_image(path: str | os.PathLike, name: str = "image", *, max_pixels: int = MAX_PIXELS,
+               rescale: bool = False) -> np.ndarray:
     """One image or volume file as a numpy array in the layout rule (channels last, the stored dtype).
 
     Args:
         path: PNG/JPEG/BMP/TIFF/... image, DICOM file or NIfTI ``.nii``/``.nii.gz``.
         name: the argument named in errors.
         max_pixels: refuse files declaring more pixels (all frames/slices together).
+        rescale: DICOM only: apply the modality LUT (RescaleSlope/Intercept; CT in Hounsfield units,
+            float64 when the slope or intercept is not integral) instead of returning stored values.
 
     Returns ``[H, W]`` greyscale, ``[H, W, C]`` colour (C 3 or 4), or ``[N, H, W, C]`` for
     multi-frame DICOM and NIfTI volumes. Raises FileNotFoundError for a missing file and
@@ -101,7 +107,7 @@ def read_image(path: str | os.PathLike, name: str = "image", *, max_pixels: int 
     kind = _kind(p)
     try:
         if kind == "dicom":
-            return _read_dicom(p, name, max_pixels)
+            return _read_dicom(p, name, max_pixels, rescale)
         if kind == "nifti":
             return _read_nifti(p, name, max_pixels)
         if kind == "tiff":
@@ -190,7 +196,13 @@ def _dicom_pixels(ds: Any) -> int:
     return int(ds.Rows) * int(ds.Columns) * frames
 
 
-def _read_dicom(p: Path, name: str, max_pixels: int) -> np.ndarray:
+def _modality_lut(a: np.ndarray, ds: Any) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut
+
+    return np.asarray(apply_modality_lut(a, ds))
+
+
+def _read_dicom(p: Path, name: str, max_pixels: int, rescale: bool = False) -> np.ndarray:
     import pydicom
 
     head = _dicom_header(p, name)
@@ -199,7 +211,7 @@ def _read_dicom(p: Path, name: str, max_pixels: int) -> np.ndarray:
     check_pixels(_dicom_pixels(head), name, p, max_pixels, " (Rows x Columns x frames)")
     try:
         ds = pydicom.dcmread(p)
-        a = ds.pixel_array
+        a = _modality_lut(ds.pixel_array, ds) if rescale else ds.pixel_array
     except Exception as e:  # compressed without a decoder, truncated, ...
         raise ValueError(f"{name}: cannot read {str(p)!r} as DICOM pixel data ({type(e).__name__}: {e})") from None
     multi = int(getattr(ds, "NumberOfFrames", 1) or 1) > 1
@@ -226,7 +238,8 @@ def _read_nifti(p: Path, name: str, max_pixels: int) -> np.ndarray:
     return a if a.ndim == 2 else np.ascontiguousarray(np.moveaxis(a, -1, 0))[..., None]
 
 
-def read_dicom_series(folder: str | os.PathLike, name: str = "image", *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def read_dicom_series(folder: str | os.PathLike, name: str = "image", *, max_pixels: int = MAX_PIXELS,
+                      rescale: bool = False) -> np.ndarray:
     """A folder of single-frame DICOM slices as ``[N, H, W, 1]``, sorted by position along the
     slice normal (ImagePositionPatient and ImageOrientationPatient), else by InstanceNumber.
 
@@ -234,6 +247,7 @@ def read_dicom_series(folder: str | os.PathLike, name: str = "image", *, max_pix
         folder: the series folder (its visible files are all read; links out of it are refused).
         name: the argument named in errors.
         max_pixels: refuse series declaring more pixels (all slices together), before decoding.
+        rescale: apply each slice's modality LUT (RescaleSlope/Intercept: Hounsfield units for CT).
     """
     import pydicom
 
@@ -267,10 +281,48 @@ def read_dicom_series(folder: str | os.PathLike, name: str = "image", *, max_pix
     slices = []
     for f, _ in sorted(heads, key=position):
         try:
-            slices.append(pydicom.dcmread(f).pixel_array)
+            ds = pydicom.dcmread(f)
+            slices.append(_modality_lut(ds.pixel_array, ds) if rescale else ds.pixel_array)
         except Exception as e:
             raise ValueError(f"{name}: cannot read {str(f)!r} as DICOM pixel data ({type(e).__name__}: {e})") from None
     return np.stack(slices)[..., None]
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A stack of slices read from one file or series folder (:func:`read_volume`).
+
+    Args:
+        slices: ``[N, H, W, 1]`` (greyscale) or ``[N, H, W, C]``, slice ``i`` as a 2-D image.
+        slice_axis: the axis of the file's own array that indexes the slices: 2 for NIfTI
+            (``data[:, :, z]``), 0 for DICOM frames and series (in position order).
+        is_volume: False for a single 2-D image (one slice).
+    """
+
+    slices: np.ndarray
+    slice_axis: int
+    is_volume: bool
+
+    def to_file_axes(self, per_slice: np.ndarray) -> np.ndarray:
+        """Per-slice results ``[N, H, W]`` in the file's own array axes (NIfTI ``[X, Y, Z]``, DICOM
+        ``[N, H, W]``; a 2-D image ``[H, W]``), so they overlay the input voxel by voxel."""
+        if not self.is_volume:
+            return per_slice[0]
+        return np.moveaxis(per_slice, 0, self.slice_axis)
+
+
+def read_volume(path: str | os.PathLike, name: str = "volume", *, max_pixels: int = MAX_PIXELS,
+                rescale: bool = False) -> Volume:
+    """A NIfTI file (slice or volume), a DICOM file (single- or multi-frame), a DICOM series folder
+    or a 2-D image file as a :class:`Volume` of slices, with the same checks and caps as
+    :func:`read_image` (``rescale``: DICOM modality LUT, see there)."""
+    p = Path(path)
+    if p.is_dir():
+        return Volume(read_dicom_series(p, name, max_pixels=max_pixels, rescale=rescale), 0, True)
+    a = read_image(p, name, max_pixels=max_pixels, rescale=rescale)
+    if a.ndim == 4:
+        return Volume(a, 2 if _kind(p) == "nifti" else 0, True)
+    return Volume(a[None] if a.ndim == 3 else a[None, ..., None], 0, False)
 
 
 # ----------------------------------------------------------------------------------- layout and dtypes

@@ -23,12 +23,24 @@ all experts. ``moe.dense`` replaces each MoE FFN by a dense FFN of width ``(top_
 Scoring (:meth:`ProxyTaskMoE.anomaly_maps`): each proxy task gives a per-pixel error on the
 unaltered image: inpainting error (complementary checkerboard masks of 2- and 4-token blocks, averaged), denoising error (a
 fixed noise draw), the predicted pseudo-anomaly probability, and the rotation surprise
-``-log p(no rotation)``. Each map is smoothed (Gaussian, ``smooth_sigma`` px) and standardised
-with its mean and standard deviation on normal validation images of the same modality
-(``calib_mean``, ``calib_std``: buffers, so calibration travels with the weights); the anomaly
-map is the mean of the standardised maps, the image score the mean of its top ``top_fraction``
-pixels; ``map_tasks`` chooses which tasks' maps are combined (all by default). An image of unknown
+``-log p(no rotation)``. Besides, a feature-distance map (``bank_size > 0``): each token's
+features (the ``bank_tasks`` passes, concatenated) are compared with a memory bank of token
+features of normal *training* images of the same modality (a greedy k-center coreset of
+``bank_size`` tokens per modality, buffer ``bank``, filled by :meth:`fill_bank`); the map is the
+distance to the nearest bank token. Error maps alone miss smooth lesions (a homogeneous mass is
+easier to reconstruct than the tissue it replaces, so its error falls); how far a token's
+features are from every normal token does not (issue 32). Each map is smoothed (Gaussian,
+``smooth_sigma`` px) and standardised with its mean and standard deviation on normal validation
+images of the same modality (``calib_mean``, ``calib_std``: buffers, so calibration travels with the
+weights); the anomaly map is the mean of the standardised maps of ``map_tasks``, mixed with the
+standardised feature distance (its share ``knn_share``), the image score the mean of its top
+``top_fraction`` pixels, so a lesion that raises the map raises the score. An image of unknown
 modality gets the modality head's prediction.
+
+Decisions (:meth:`ProxyTaskMoE.thresholds`): the image scores and the map pixels of the normal
+validation images give, per modality, the threshold at each false-positive rate of
+:data:`FPR_GRID` (buffers ``score_table`` and ``pixel_table``; ``table_ready`` marks the
+calibrated modalities); a threshold at another rate is interpolated in log-rate.
 """
 
 from __future__ import annotations
@@ -46,6 +58,11 @@ from mmoe.routers import NestedRouter, register_router
 from mmoe.settings import MoESettings
 
 PROXY_TASKS = ("inpaint", "denoise", "pseudo_seg", "rotation")
+#: false-positive rates at which the thresholds are stored (normal validation images)
+FPR_GRID = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+#: the default false-positive rates of ``is_anomalous`` (image level) and of the binary mask (pixel level)
+DEFAULT_FPR = 0.01
+DEFAULT_PIXEL_FPR = 0.01
 #: group logit of the sample's task: softmax gives it gate 1.0 in float32
 _FORCED_LOGIT = 1e4
 
@@ -122,6 +139,9 @@ class ProxyTaskMoE(nn.Module):
         smooth_sigma: Gaussian smoothing of the per-task maps in pixels.
         top_fraction: the image score is the mean of this share of the map's highest pixels.
         map_tasks: the tasks whose standardised maps are averaged into the anomaly map (None: all).
+        bank_size: tokens per modality in the feature memory bank (0: no feature-distance map).
+        bank_tasks: the passes whose token features (concatenated) the bank holds.
+        knn_share: share of the feature-distance map in the anomaly map (the ``map_tasks`` maps' mean has the rest).
     """
 
     def __init__(
@@ -141,6 +161,9 @@ class ProxyTaskMoE(nn.Module):
         smooth_sigma: float = 2.0,
         top_fraction: float = 0.01,
         map_tasks: list[str] | None = None,
+        bank_size: int = 0,
+        bank_tasks: list[str] | None = None,
+        knn_share: float = 0.5,
     ) -> None:
         super().__init__()
         if image_size % (4 * patch):
@@ -151,6 +174,13 @@ class ProxyTaskMoE(nn.Module):
         self.mask_ratio, self.noise_std = mask_ratio, noise_std
         self.smooth_sigma, self.top_fraction = smooth_sigma, top_fraction
         self.map_tasks = list(map_tasks or tasks)
+        self.bank_tasks = [t for t in (bank_tasks or ("pseudo_seg", "denoise")) if t in self.tasks] if bank_size else []
+        if bank_size and not self.bank_tasks:
+            raise ValueError(f"bank_tasks: expected names from tasks={list(tasks)}, got {bank_tasks!r}")
+        if bank_tasks and any(t not in tasks or t == "inpaint" for t in bank_tasks):
+            raise ValueError(f"bank_tasks: expected unmasked passes among tasks={[t for t in tasks if t != 'inpaint']}, "
+                             f"got {bank_tasks!r}")
+        self.knn_share = float(knn_share)
         T, g = len(self.tasks), image_size // patch
         self.num_tokens = g * g
         self.patch_embed = nn.Conv2d(3, dim, patch, stride=patch)
@@ -170,8 +200,15 @@ class ProxyTaskMoE(nn.Module):
         out = {"inpaint": 3 * patch * patch, "denoise": 3 * patch * patch, "pseudo_seg": patch * patch, "rotation": 4}
         self.heads = nn.ModuleDict({t: nn.Linear(dim, out[t]) for t in self.tasks})
         self.modality_head = nn.Linear(dim, num_modalities)
-        self.register_buffer("calib_mean", torch.zeros(num_modalities, T))
-        self.register_buffer("calib_std", torch.ones(num_modalities, T))
+        C = T + (1 if bank_size else 0)  # calibrated maps: the tasks', then the feature distance
+        self.register_buffer("calib_mean", torch.zeros(num_modalities, C))
+        self.register_buffer("calib_std", torch.ones(num_modalities, C))
+        if bank_size:
+            self.register_buffer("bank", torch.zeros(num_modalities, bank_size, dim * len(self.bank_tasks)))
+            self.register_buffer("bank_ready", torch.zeros(num_modalities))
+        self.register_buffer("score_table", torch.zeros(num_modalities, len(FPR_GRID)))
+        self.register_buffer("pixel_table", torch.zeros(num_modalities, len(FPR_GRID)))
+        self.register_buffer("table_ready", torch.zeros(num_modalities))
         self.last_task_ids: torch.Tensor | None = None
 
     def no_weight_decay(self) -> list[str]:
@@ -308,9 +345,11 @@ class ProxyTaskMoE(nn.Module):
         return losses
 
     # ------------------------------------------------------------------ scoring
-    def raw_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-task error maps ``[B, T, S, S]`` (smoothed, not calibrated) and modality logits ``[B, M]``
-        of images ``x [B, 3, S, S]``; all passes in one backbone call."""
+    def raw_maps(self, x: torch.Tensor, modality: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-task error maps, then the feature distance when there is a bank: ``[B, C, S, S]``
+        (smoothed, not calibrated), modality logits ``[B, M]`` and the modality used ``[B]`` (ids
+        ``< 0`` or None: the modality head's) of images ``x [B, 3, S, S]``; all passes in one backbone call."""
         B, dev, g = x.shape[0], x.device, self.image_size // self.patch
         inputs, ids, masks, slots = [], [], [], {}
         boards = self.checkerboards(dev)
@@ -350,20 +389,113 @@ class ProxyTaskMoE(nn.Module):
                 logp = F.log_softmax(self.heads[name](tokens[slots[name][0]]).float(), -1)[..., 0]
                 err = F.interpolate((-logp).view(B, 1, g, g).to(x.dtype), scale_factor=self.patch, mode="nearest")[:, 0]
             maps.append(err)
-        maps = gaussian_blur(torch.stack(maps, 1), self.smooth_sigma)
         # the modality head reads a pass over the whole image (unmasked) when there is one
         whole = [slots[name][0] for name in self.tasks if name != "inpaint"]
-        return maps, self.modality_head(tokens[whole[0] if whole else 0].mean(1))
-
-    def anomaly_maps(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """``{"map": [B, S, S], "score": [B], "task_maps": raw [B, T, S, S], "modality": [B]}``; modality ids
-        ``< 0`` (or None) are predicted by the modality head."""
-        raw, logits = self.raw_maps(x)
+        logits = self.modality_head(tokens[whole[0] if whole else 0].mean(1))
         pred = logits.argmax(-1)
-        mod = pred if modality is None else torch.where(modality < 0, pred, modality)
-        mean, std = self.calib_mean[mod], self.calib_std[mod].clamp_min(1e-6)  # [B, T]
+        mod = pred if modality is None else torch.where(modality < 0, pred, modality.to(pred.device))
+        if self.bank_tasks:
+            feats = torch.cat([tokens[slots[name][0]] for name in self.bank_tasks], -1)  # [B, N, D]
+            maps.append(self.feature_distance(feats, mod).to(x.dtype))
+        maps = gaussian_blur(torch.stack(maps, 1), self.smooth_sigma)
+        return maps, logits, mod
+
+    def bank_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The token features ``[B, N, D]`` the bank holds (the ``bank_tasks`` passes of ``x``, concatenated)."""
+        B, dev = x.shape[0], x.device
+        inputs, ids = [], []
+        gen = torch.Generator().manual_seed(0)  # the same noise draw as raw_maps
+        for name in self.bank_tasks:
+            t = self.tasks.index(name)
+            if name == "denoise":
+                inputs.append(x + self.noise_std * torch.randn(x.shape[1:], generator=gen).to(dev, x.dtype))
+            else:
+                inputs.append(x)
+            ids.append(t)
+        n = len(inputs)
+        task_ids = torch.tensor(ids, device=dev).repeat_interleave(B)
+        tokens = self.encode(torch.cat(inputs), task_ids).view(n, B, self.num_tokens, -1)
+        return torch.cat(list(tokens), -1)
+
+    def feature_distance(self, feats: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        """Distance of each token ``feats [B, N, D]`` to the nearest bank token of its image's modality,
+        as a map ``[B, S, S]`` (zeros for a modality without a bank)."""
+        B, g = feats.shape[0], self.image_size // self.patch
+        bank = self.bank[modality].to(feats.dtype)  # [B, K, D]
+        d = torch.cdist(feats.float(), bank.float()).amin(-1)  # [B, N]
+        d = d * self.bank_ready[modality].view(B, 1).to(d.dtype)
+        return F.interpolate(d.view(B, 1, g, g), scale_factor=self.patch, mode="bilinear", align_corners=False)[:, 0]
+
+    @torch.no_grad()
+    def fill_bank(self, feats: torch.Tensor, modality: int) -> None:
+        """Fill modality ``modality``'s bank from token features ``[n, D]`` of normal training images:
+        a greedy k-center coreset of ``bank_size`` tokens (every token is then near a bank token),
+        repeated to fill the bank when there are fewer tokens."""
+        K = self.bank.shape[1]
+        feats = feats.detach().float()
+        if len(feats) <= K:
+            idx = torch.arange(K, device=feats.device) % len(feats)
+        else:
+            chosen = torch.empty(K, dtype=torch.long, device=feats.device)
+            chosen[0] = 0
+            dist = (feats - feats[0]).pow(2).sum(-1)
+            for i in range(1, K):  # the farthest token from those chosen so far
+                chosen[i] = dist.argmax()
+                dist = torch.minimum(dist, (feats - feats[chosen[i]]).pow(2).sum(-1))
+            idx = chosen
+        self.bank[modality] = feats[idx].to(self.bank.dtype)
+        self.bank_ready[modality] = 1.0
+
+
+
+    def combine(self, raw: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """The anomaly map ``[B, S, S]`` from the raw maps ``[B, C, S, S]`` of modalities ``mod [B]``."""
+        mean, std = self.calib_mean[mod], self.calib_std[mod].clamp_min(1e-6)  # [B, C]
         z = (raw - mean[..., None, None]) / std[..., None, None]
         amap = z[:, [self.tasks.index(t) for t in self.map_tasks]].mean(1)
+        if not self.bank_tasks:
+            return amap
+        w = (self.knn_share * self.bank_ready[mod].to(z.dtype))[:, None, None]  # no bank yet: the task maps only
+        return (1 - w) * amap + w * z[:, -1]
+
+    def image_score(self, amap: torch.Tensor) -> torch.Tensor:
+        """The image score ``[B]``: the mean of the top ``top_fraction`` pixels of the map ``[B, S, S]``."""
         k = max(1, int(round(self.top_fraction * amap[0].numel())))
-        score = amap.flatten(1).topk(k, dim=1).values.mean(1)
-        return {"map": amap, "score": score, "task_maps": raw, "modality": mod, "modality_logits": logits}
+        return amap.flatten(1).topk(k, dim=1).values.mean(1)
+
+    def anomaly_maps(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``{"map": [B, S, S], "score": [B], "task_maps": raw [B, C, S, S], "modality": [B]}``; modality ids
+        ``< 0`` (or None) are predicted by the modality head."""
+        raw, logits, mod = self.raw_maps(x, modality)
+        amap = self.combine(raw, mod)
+        return {"map": amap, "score": self.image_score(amap), "task_maps": raw, "modality": mod,
+                "modality_logits": logits}
+
+    # ------------------------------------------------------------------ decisions
+    @torch.no_grad()
+    def set_thresholds(self, scores: torch.Tensor, pixels: torch.Tensor, modality: int) -> None:
+        """Store modality ``modality``'s thresholds at :data:`FPR_GRID` from the image scores ``[n]``
+        and map pixels ``[p]`` of its normal validation images (the ``1 - fpr`` quantiles)."""
+        q = 1 - torch.tensor(FPR_GRID, dtype=torch.float64)
+        self.score_table[modality] = torch.quantile(scores.double().cpu(), q).to(self.score_table.dtype)
+        pix = pixels.double().cpu()
+        if pix.numel() > 1 << 24:  # torch.quantile's input limit: an even subsample
+            pix = pix[:: -(-pix.numel() // (1 << 24))]
+        self.pixel_table[modality] = torch.quantile(pix, q).to(self.pixel_table.dtype)
+        self.table_ready[modality] = 1.0
+
+    def thresholds(self, modality: torch.Tensor, fpr: float, pixel_fpr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image thresholds [B], pixel thresholds [B])`` of modalities ``modality [B]`` at the given
+        false-positive rates (interpolated in log-rate in :data:`FPR_GRID`, clamped to its ends); NaN for
+        an uncalibrated modality."""
+        grid = torch.tensor(FPR_GRID, dtype=torch.float64).log()
+
+        def at(table: torch.Tensor, rate: float) -> torch.Tensor:
+            r = min(max(math.log(rate), float(grid[0])), float(grid[-1]))
+            j = int(torch.searchsorted(grid, torch.tensor(r, dtype=torch.float64)).clamp(1, len(grid) - 1))
+            w = (r - float(grid[j - 1])) / float(grid[j] - grid[j - 1])
+            t = table[modality].double().cpu()
+            out = t[:, j - 1] * (1 - w) + t[:, j] * w
+            return torch.where(self.table_ready[modality].cpu() > 0, out, torch.full_like(out, float("nan")))
+
+        return at(self.score_table, fpr), at(self.pixel_table, pixel_fpr)

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmoe.tasks.anomaly.io import AnomalyPreprocess, finish_maps, prepare_images
+from mmoe.tasks.anomaly.io import AnomalyPreprocess, check_decision, finish_maps, prepare_images
 from mmoe.tasks.anomaly.metrics import AnomalyMetrics
-from mmoe.tasks.anomaly.model import ANOMALY_MOE, PROXY_TASKS, ProxyTaskMoE
+from mmoe.tasks.anomaly.model import ANOMALY_MOE, DEFAULT_FPR, DEFAULT_PIXEL_FPR, PROXY_TASKS, ProxyTaskMoE
 from mmoe.settings import MoESettings, upgrade_legacy_moe
 from mmoe.tasks.base import BaseMoETask
 from mmoe.validation import check_number, check_positive_int
@@ -28,7 +28,10 @@ class AnomalyTask(BaseMoETask):
     pseudo-anomaly), and the anomaly maps scored by :class:`.metrics.AnomalyMetrics` (validation
     holds training-style pseudo-anomalies, the test set simulated lesions). At the end of every
     validation epoch the per-task maps of the normal validation images calibrate the anomaly map
-    (per modality and task: mean and standard deviation), stored in the model's buffers.
+    (per modality and task: mean and standard deviation), and their image scores and map pixels give
+    the decision thresholds at each false-positive rate, all stored in the model's buffers. At the
+    start of every validation the feature bank is filled from the datamodule's normal training
+    images (``reference_dataloader``), before the validation images are scored.
 
     Args:
         preprocess: the data's settings (image size, modality names); the CLI links it from the
@@ -44,6 +47,9 @@ class AnomalyTask(BaseMoETask):
         smooth_sigma: Gaussian smoothing of the per-task maps (pixels).
         top_fraction: the image score is the mean of this share of the map's highest pixels.
         map_tasks: proxy tasks whose standardised maps are averaged into the anomaly map (None: all of ``tasks``).
+        bank_size: tokens per modality in the feature memory bank (0: no feature-distance map).
+        bank_tasks: proxy-task passes whose token features the bank holds (None: pseudo_seg and denoise).
+        knn_share: share of the feature-distance map in the anomaly map, in [0, 1].
         modality_loss_weight: weight of the modality head's loss.
         aux_loss_weight: weight of the MoE auxiliary losses. log_routing: log routing stats and maps.
     """
@@ -69,6 +75,9 @@ class AnomalyTask(BaseMoETask):
         smooth_sigma: float = 2.0,
         top_fraction: float = 0.01,
         map_tasks: list[str] | None = None,
+        bank_size: int = 2048,
+        bank_tasks: list[str] | None = None,
+        knn_share: float = 0.5,
         modality_loss_weight: float = 0.1,
         aux_loss_weight: float = 1.0,
         log_routing: bool = True,
@@ -93,8 +102,18 @@ class AnomalyTask(BaseMoETask):
                                       or any(t not in (tasks or PROXY_TASKS) for t in map_tasks)):
             raise ValueError(f"map_tasks: expected a non-empty subset of tasks={list(tasks or PROXY_TASKS)}, "
                              f"got {map_tasks!r}")
+        check_positive_int("bank_size", bank_size, minimum=0)
+        unmasked = [t for t in (tasks or PROXY_TASKS) if t != "inpaint"]
+        if bank_tasks is not None and (not isinstance(bank_tasks, (list, tuple)) or not bank_tasks
+                                       or any(t not in unmasked for t in bank_tasks)):
+            raise ValueError(f"bank_tasks: expected a non-empty subset of {unmasked} (unmasked passes), got {bank_tasks!r}")
+        if bank_size and bank_tasks is None and not {"pseudo_seg", "denoise"} & set(unmasked):
+            raise ValueError(f"bank_tasks: the default (pseudo_seg, denoise) is not among tasks={tasks}; name the passes")
+        if not 0 <= check_number("knn_share", knn_share) <= 1:
+            raise ValueError(f"knn_share: expected a value in [0, 1], got {knn_share!r}")
         super().__init__(aux_loss_weight=aux_loss_weight, log_routing=log_routing)
         self._calib: dict[str, torch.Tensor] | None = None
+        self._normal_maps: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @classmethod
     def upgrade_init_args(cls, init_args: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +143,8 @@ class AnomalyTask(BaseMoETask):
             tasks=self.proxy_tasks, image_size=pre.image_size, num_modalities=len(pre.modality_names),
             patch=hp.patch, dim=hp.dim, depth=hp.depth, num_heads=hp.num_heads, hidden_dim=hp.hidden_dim,
             moe=self.moe, mask_ratio=hp.mask_ratio, noise_std=hp.noise_std,
-            smooth_sigma=hp.smooth_sigma, top_fraction=hp.top_fraction, map_tasks=hp.map_tasks)
+            smooth_sigma=hp.smooth_sigma, top_fraction=hp.top_fraction, map_tasks=hp.map_tasks,
+            bank_size=hp.bank_size, bank_tasks=hp.bank_tasks, knn_share=hp.knn_share)
 
     def configure_metrics(self) -> None:
         self.val_metrics = AnomalyMetrics(self.pre.modality_names)
@@ -176,6 +196,9 @@ class AnomalyTask(BaseMoETask):
                 self._collect_figure_data(batch, output)
 
     # ------------------------------------------------------------------ calibration
+    #: normal validation images per modality kept for the thresholds (their raw maps, on the CPU)
+    MAX_THRESHOLD_IMAGES = 512
+
     def _accumulate_calibration(self, task_maps: torch.Tensor, batch: dict[str, Any]) -> None:
         normal = batch["label"] == 0
         if not bool(normal.any()):
@@ -190,9 +213,21 @@ class AnomalyTask(BaseMoETask):
                                               device=maps.device))
         c["s"].index_add_(0, mods, maps.sum(-1))
         c["ss"].index_add_(0, mods, maps.pow(2).sum(-1))
+        kept = sum(len(m) for m, _ in self._normal_maps)
+        if kept < self.MAX_THRESHOLD_IMAGES * M:
+            self._normal_maps.append((mods.cpu(), task_maps[normal].detach().float().cpu()))
+
+    def _broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``tensor`` on every rank (a no-op in one process): buffers a validation sets from
+        rank-local work stay identical across ranks."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or trainer.world_size <= 1:
+            return tensor
+        return trainer.strategy.broadcast(tensor, src=0).to(tensor.device)
 
     def _apply_calibration(self) -> None:
         c, self._calib = self._calib, None
+        normal_maps, self._normal_maps = self._normal_maps, []
         trainer = getattr(self, "_trainer", None)
         if trainer is not None and trainer.world_size > 1:
             # every rank calibrates on the normal images of all ranks: the buffers stay identical
@@ -208,22 +243,70 @@ class AnomalyTask(BaseMoETask):
         std = (c["ss"] / c["n"].clamp_min(1) - mean.pow(2)).clamp_min(0).sqrt()
         self.model.calib_mean[seen] = mean[seen].to(self.model.calib_mean.dtype)
         self.model.calib_std[seen] = std[seen].clamp_min(1e-6).to(self.model.calib_std.dtype)
+        self._set_thresholds(normal_maps)
+
+    def _set_thresholds(self, normal_maps: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Per modality, the thresholds from the normal validation images' calibrated maps (this rank's
+        images; rank 0's tables are then shared, so every rank holds the same)."""
+        if normal_maps:
+            mods = torch.cat([m for m, _ in normal_maps])
+            raw = torch.cat([r for _, r in normal_maps])
+            dev = self.model.calib_mean.device
+            for m in mods.unique().tolist():
+                sel = raw[mods == m].to(dev, self.model.calib_mean.dtype)
+                mod = torch.full((len(sel),), m, dtype=torch.long, device=dev)
+                amap = self.model.combine(sel, mod)
+                self.model.set_thresholds(self.model.image_score(amap), amap.flatten(), m)
+        for name in ("score_table", "pixel_table", "table_ready"):
+            getattr(self.model, name).copy_(self._broadcast(getattr(self.model, name)))
 
     @torch.no_grad()
-    def calibrate(self, loader: Any) -> None:
-        """Calibrate the anomaly map on the normal images (``label == 0``) of ``loader`` (batches as the
-        datamodule's), outside a Trainer."""
+    def fill_bank(self, loader: Any) -> None:
+        """Fill the feature bank from the normal images of ``loader`` (batches with ``image`` and
+        ``modality``; in a Trainer, the datamodule's ``reference_dataloader``)."""
+        if not self.model.bank_tasks:
+            return
+        was = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        feats: dict[int, list[torch.Tensor]] = {}
+        try:
+            for batch in loader:
+                f = self.model.bank_features(batch["image"].to(device, self.model.bank.dtype))
+                for i, m in enumerate(batch["modality"].tolist()):
+                    feats.setdefault(int(m), []).append(f[i])
+            for m, fs in sorted(feats.items()):
+                self.model.fill_bank(torch.cat(fs), m)
+        finally:
+            self.train(was)
+        for name in ("bank", "bank_ready"):
+            getattr(self.model, name).copy_(self._broadcast(getattr(self.model, name)))
+
+    @torch.no_grad()
+    def calibrate(self, loader: Any, reference: Any = None) -> None:
+        """Outside a Trainer: fill the feature bank from the normal images of ``reference`` (when
+        given), then calibrate the anomaly map and the thresholds on the normal images
+        (``label == 0``) of ``loader`` (batches as the datamodule's)."""
+        if reference is not None:
+            self.fill_bank(reference)
         was = self.training
         self.eval()
         device = next(self.parameters()).device
         try:
             for batch in loader:
                 batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                raw, _ = self.model.raw_maps(batch["image"])
+                raw, _, _ = self.model.raw_maps(batch["image"], batch["modality"])
                 self._accumulate_calibration(raw, batch)
             self._apply_calibration()
         finally:
             self.train(was)
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self._calib, self._normal_maps = None, []
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.model.bank_tasks and hasattr(dm, "reference_dataloader"):
+            self.fill_bank(dm.reference_dataloader())
 
     def on_validation_epoch_end(self) -> None:
         self._apply_calibration()  # before the checkpoint of this validation is written
@@ -260,26 +343,64 @@ class AnomalyTask(BaseMoETask):
 
     # ------------------------------------------------------------------ inference
     def predict(self, images: np.ndarray | torch.Tensor | str | os.PathLike | list,
-                modality: str | list[str] | None = None) -> dict[str, Any]:
-        """Anomaly score and map per image.
+                modality: str | list[str] | None = None, *, fpr: float | None = None,
+                pixel_fpr: float | None = None, threshold: float | None = None,
+                pixel_threshold: float | None = None,
+                window: tuple[float, float] | str | None = None) -> dict[str, Any]:
+        """Anomaly score, map and decisions per image, slice or volume.
 
         Args:
-            images: a numpy array ``[H, W]`` (greyscale), ``[H, W, 3]`` (colour), ``[N, H, W]`` or
-                ``[N, H, W, C]``; a torch tensor ``[H, W]``, ``[C, H, W]``, ``[N, H, W]`` or
-                ``[N, C, H, W]``; a PNG/JPEG or DICOM path; or a list of these (any sizes).
-                Greyscale of any integer or float dtype is mapped to [0, 1] by its percentiles (as
-                in training); colour is uint8/uint16 or float in [0, 1].
-            modality: the images' modality (a name from ``preprocess.modality_names``, one per image,
-                or None: predicted by the model's modality head).
+            images: one image, a batch, a volume or a list of images. Layout rule
+                (:mod:`mmoe.inputs.image`): numpy is channels-last (``[H, W]`` greyscale, ``[H, W, C]``,
+                ``[N, H, W, C]``), torch is channels-first (``[H, W]``, ``[C, H, W]``, ``[N, C, H, W]``),
+                C in 1, 3, 4; a stack of greyscale slices is numpy ``[N, H, W, 1]`` or torch ``[N, 1, H, W]``.
+                Or a path: PNG/JPEG/TIFF image, DICOM file (single- or multi-frame), NIfTI ``.nii``/``.nii.gz``
+                (a slice or a volume) or a folder holding one DICOM series (sorted by slice position).
+                Files are refused above 8192 x 8192 pixels over all frames/slices, read from the header
+                before decoding. Greyscale of any integer or float dtype is mapped to [0, 1] by its
+                0.5/99.5 percentiles per image or slice (as in training); colour is uint8/uint16 or float
+                in [0, 1].
+            modality: a name from ``preprocess.modality_names`` (one for all, or one per image), or None:
+                the modality head's prediction per image or slice.
+            fpr: image-level false-positive rate of ``is_anomalous`` on normal validation images (default
+                0.01); the threshold is interpolated from the model's stored table. Not with ``threshold``.
+            pixel_fpr: pixel-level false-positive rate of ``mask`` (default 0.01). Not with ``pixel_threshold``.
+            threshold: an explicit image-score threshold instead of ``fpr``.
+            pixel_threshold: an explicit map threshold for ``mask`` instead of ``pixel_fpr``.
+            window: greyscale only: map values by a fixed ``(low, high)`` to [0, 1] instead of the
+                percentiles; DICOM is then read in Hounsfield units (RescaleSlope/Intercept) and a name from
+                :data:`mmoe.tasks.anomaly.io.CT_WINDOWS` (brain (0, 80), subdural, soft_tissue (-160, 240),
+                liver, lung (-1350, 150), bone) may be given. The model was trained on percentile-mapped
+                images: a window changes what it sees; use it when the percentiles of a slice mislead
+                (e.g. a slice that is mostly air).
 
-        Returns ``{"score": float, "map": float32 [H, W] at the input's size, "modality": name}``
-        (for a batch or list: lists of each). Higher is more anomalous; the map is in units of
-        standard deviations of normal validation images.
+        Returns, for one image: ``score`` (float; the mean of the map's top 1% pixels), ``map`` (float32
+        ``[H, W]`` at the input's size, in standard deviations of normal validation maps), ``is_anomalous``
+        (bool: ``score > threshold``), ``mask`` (bool ``[H, W]``: ``map > pixel_threshold``),
+        ``modality`` (name), ``threshold`` and ``pixel_threshold`` (the values used). A batch or list
+        gives lists of each. A volume (a NIfTI volume, multi-frame DICOM or series folder) gives per
+        slice ``score`` (float32 ``[N]``), ``is_anomalous`` (bool ``[N]``), ``modality`` and the
+        thresholds, ``map``/``mask`` in the file's own array axes (NIfTI ``[X, Y, Z]``, DICOM ``[N, H, W]``
+        in position order), and ``volume_score`` (the highest slice score) and ``volume_is_anomalous``.
+        A model without thresholds for the modality (not calibrated) gives None for ``is_anomalous`` and
+        ``mask`` unless ``threshold``/``pixel_threshold`` are given.
         """
-        return super().predict(images, modality)
+        return super().predict(images, modality, fpr=fpr, pixel_fpr=pixel_fpr, threshold=threshold,
+                               pixel_threshold=pixel_threshold, window=window)
 
-    def prepare_inputs(self, images: Any, modality: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
-        return prepare_images(self.pre, images, modality)
+    def prepare_inputs(self, images: Any, modality: Any = None, **options: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        decision = check_decision(options.get("fpr"), options.get("pixel_fpr"), options.get("threshold"),
+                                  options.get("pixel_threshold"))
+        batch, context = prepare_images(self.pre, images, modality, options.get("window"))
+        context["decision"] = decision
+        return batch, context
 
     def finish_outputs(self, output: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
-        return finish_maps(self.pre, output, context)
+        d = context["decision"]
+        mod = output["modality"]
+        thr, pix = self.model.thresholds(mod, d["fpr"] or DEFAULT_FPR, d["pixel_fpr"] or DEFAULT_PIXEL_FPR)
+        if d["threshold"] is not None:
+            thr = torch.full_like(thr, d["threshold"])
+        if d["pixel_threshold"] is not None:
+            pix = torch.full_like(pix, d["pixel_threshold"])
+        return finish_maps(self.pre, output, context, (thr, pix))
