@@ -200,8 +200,10 @@ def evaluate(model, items: list[dict[str, Any]], rgbd: bool) -> dict:
     model.eval()
     scores = TrackScores(rgbd=rgbd)
     start = time.perf_counter()
+    prompt = bool(model.hparams.get("modality_prompt", False))  # one model for every X: told which X it gets
     for item in items:
-        out = model.track_sequence(item["frames"], item.get("x"), item["boxes"][0])
+        out = model.track_sequence(item["frames"], item.get("x"), item["boxes"][0],
+                                   item.get("modality") if prompt else None)
         scores.update(item, out["boxes"], out["confidence"])
     seconds = time.perf_counter() - start
     return {"test": scores.compute(), "eval_seconds": round(seconds, 1)}

@@ -10,6 +10,9 @@ RGB-only: the model trains and runs with X missing.
 X is given to the model as one channel in [0, 1]: depth as is (synthetic) or 16-bit millimetres
 clipped at ``depth_range_mm`` (real), thermal as grey level, events as 0.5 + 0.5 x sign (synthetic)
 or the event image's grey level (real). ``use_x=False`` drops X everywhere (the RGB-only ablation).
+``modality="all"`` (synthetic): one model for every X: sequence k of each split is rendered with
+X = depth, thermal, event in turn (the unified tracker's data; RGB alone comes from the model's
+modality dropout, ``TrackingTask.x_dropout``).
 
 Training batches are template/search crop pairs, as one-stream trackers train::
 
@@ -18,6 +21,7 @@ Training batches are template/search crop pairs, as one-stream trackers train::
     "search"      float32 [B, 3, S, S]   RGB search crop (factor ``search_factor``, jittered)
     "search_x"    float32 [B, 1, S, S]
     "has_x"       bool [B]
+    "x_kind"      int64 [B]              the X kind: 0 none, 1 depth, 2 thermal, 3 event (model.X_KINDS)
     "box"         float32 [B, 4]         the target in the search crop, xywh / S
 
 A pair takes two frames of one sequence at most ``max_gap`` apart where the target is present;
@@ -27,7 +31,8 @@ All randomness of a sample comes from ``(seed, epoch, index)``.
 
 Validation and test items are whole sequences (one per batch): ``"frames"`` uint8
 ``[N, H, W, 3]``, ``"x"`` float32 ``[N, H, W]`` (absent key where X is missing), ``"boxes"``
-``[N, 4]``, ``"present"`` ``[N]`` and one bool ``[N]`` per attribute under ``"attr/<name>"``.
+``[N, 4]``, ``"present"`` ``[N]``, ``"modality"`` (the X kind, with ``"x"``) and one bool ``[N]`` per
+attribute under ``"attr/<name>"``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ DATASETS = ("synthetic", "lasher", "depthtrack", "visevent", "lasot", "got10k")
 #: the X modality of each real layout (None: RGB only)
 REAL_MODALITY: dict[str, str | None] = {"lasher": "thermal", "depthtrack": "depth", "visevent": "event",
                                         "lasot": None, "got10k": None}
+#: X kind ids of the batches' ``x_kind`` (0: no X), as the model's prompt numbers them (model.X_KINDS)
+X_KIND_IDS: dict[str | None, int] = {None: 0, **{m: i + 1 for i, m in enumerate(MODALITIES)}}
 #: fixed seeds of the validation and test sequences (independent of the training seed)
 VAL_SEED, TEST_SEED = 1_000_033, 2_000_033
 
@@ -197,7 +204,8 @@ class PairDataset(Dataset):
             box = np.array([1.0 - box[0] - box[2], box[1], box[2], box[3]])
         return {"template": _to_chw(template / np.float32(255)), "template_x": _to_chw(tx),
                 "search": _to_chw(search / np.float32(255)), "search_x": _to_chw(sx),
-                "has_x": torch.tensor(has_x), "box": torch.tensor(box, dtype=torch.float32)}
+                "has_x": torch.tensor(has_x), "x_kind": torch.tensor(X_KIND_IDS[seq.modality] if has_x else 0),
+                "box": torch.tensor(box, dtype=torch.float32)}
 
 
 class SequenceDataset(Dataset):
@@ -219,6 +227,7 @@ class SequenceDataset(Dataset):
         }
         if self.use_x and s.x is not None:
             item["x"] = torch.from_numpy(np.stack([s.x_frame(k) for k in range(len(s))]))
+            item["modality"] = s.modality
         for name in ATTRIBUTES:
             if name in s.attributes:
                 item[f"attr/{name}"] = torch.from_numpy(np.asarray(s.attributes[name], dtype=bool))
@@ -253,7 +262,8 @@ class TrackingDataModule(LightningDataModule):
         dataset: ``"synthetic"`` or a real layout name.
         root: the training sequences' folder (real data); None for ``synthetic``.
         test_root: the test sequences' folder (real data except VisEvent, which lists both in ``root``).
-        modality: the synthetic X modality: ``"depth"``, ``"thermal"`` or ``"event"``.
+        modality: the synthetic X modality: ``"depth"``, ``"thermal"``, ``"event"``, or ``"all"`` (the
+            three in turn, sequence by sequence; the model's default X is then depth).
         use_x: False drops X everywhere (the RGB-only ablation).
         train_sequences, val_sequences, test_sequences: synthetic sequence counts (real data:
             ``val_sequences`` training sequences are held out for validation).
@@ -275,7 +285,7 @@ class TrackingDataModule(LightningDataModule):
         dataset: Literal["synthetic", "lasher", "depthtrack", "visevent", "lasot", "got10k"] = "synthetic",
         root: str | None = None,
         test_root: str | None = None,
-        modality: Literal["depth", "thermal", "event"] = "depth",
+        modality: Literal["depth", "thermal", "event", "all"] = "depth",
         use_x: bool = True,
         train_sequences: int = 100,
         val_sequences: int = 6,
@@ -296,7 +306,7 @@ class TrackingDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         check_choice("dataset", dataset, DATASETS)
-        check_choice("modality", modality, MODALITIES)
+        check_choice("modality", modality, (*MODALITIES, "all"))
         for name, value, minimum in (("train_sequences", train_sequences, 1), ("val_sequences", val_sequences, 1),
                                      ("test_sequences", test_sequences, 1), ("sequence_length", sequence_length, 2),
                                      ("template_size", template_size, 16), ("search_size", search_size, 16),
@@ -329,6 +339,7 @@ class TrackingDataModule(LightningDataModule):
 
         hp = self.hparams
         modality = hp.modality if hp.dataset == "synthetic" else REAL_MODALITY[hp.dataset]
+        modality = MODALITIES[0] if modality == "all" else modality
         return TrackingPreprocess(template_size=hp.template_size, search_size=hp.search_size,
                                   template_factor=float(hp.template_factor), search_factor=float(hp.search_factor),
                                   modality=modality if hp.use_x else None)
@@ -336,7 +347,8 @@ class TrackingDataModule(LightningDataModule):
     def _synthetic(self, split: str, count: int, seed: int) -> list[TrackSequence]:
         hp = self.hparams
         size = tuple(int(v) for v in hp.frame_size)
-        return [synthetic_sequence(seed * 100_003 + k, split, hp.modality, hp.sequence_length, size)
+        kinds = MODALITIES if hp.modality == "all" else (hp.modality,)
+        return [synthetic_sequence(seed * 100_003 + k, split, kinds[k % len(kinds)], hp.sequence_length, size)
                 for k in tqdm(range(count), desc=f"rendering {split} sequences", leave=False,
                               disable=count < 10)]
 

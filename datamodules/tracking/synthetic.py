@@ -12,11 +12,20 @@ background's texture) where X still sees the target. X is one of:
   background's depth (the real Middlebury disparity of ``stereo_motorcycle`` for that source,
   smooth random depth for others), the occluder nearest; sensor noise and missing pixels (0).
   Values in [0, 1], larger is farther.
-* ``thermal``: background cold (its luminance, dimmed and blurred), target warm, distractors
-  and occluder at other temperatures, a blurry sensor with noise. Values in [0, 1].
+* ``thermal``: background cold (its luminance, dimmed and blurred), target warm (emissive),
+  distractors and occluder at other temperatures, a blurry sensor with noise; clutter: zero to
+  three static warm regions of a person's proportions (taller than wide) at temperatures near the
+  target's; thermal crossover: in some sequences a run of frames where the target cools to the
+  background's temperature around it (X loses it, RGB does not). Values in [0, 1].
 * ``event``: signed brightness changes between consecutive frames of the scene's linear
   intensity before the RGB failure (an event camera's range is wider than the RGB sensor's):
-  +1 / -1 where the log intensity rose / fell by more than 0.1, else 0; the first frame is 0.
+  +1 / -1 where the log intensity rose / fell by more than 0.1, else 0; the first frame is 0;
+  sensor noise: about 0.5% of the pixels fire a random-signed event each frame.
+
+One seed gives one scene whatever the X: RGB, motion, events, boxes and attributes are the same
+with depth, thermal or event beside it (the X-only parts, thermal clutter, crossover and sensor
+noise and event noise, draw from their own generator); depth sequences are the same as before
+thermal and event shared their scenes.
 
 Ground truth: the target's whole (amodal) box, clipped to the frame, in continuous ``x, y, w, h``
 pixels. The target is absent (``present`` False) where less than 10% of its area is visible
@@ -201,7 +210,9 @@ def render_sequence(seed: int, split: Literal["train", "val", "test"], modality:
     H, W = size
     if H < 64 or W < 64:
         raise ValueError(f"size: expected sides >= 64, got {size}")
-    rng = np.random.default_rng([seed, list(SOURCES).index(split), MODALITIES.index(modality)])
+    # the scene's generator does not depend on the X modality: the same seed gives the same scene
+    # (RGB, motion, events, boxes) with depth, thermal or event beside it
+    rng = np.random.default_rng([seed, list(SOURCES).index(split), 0])
     names = SOURCES[split]
     bg_name = names[int(rng.integers(len(names)))]
     bg_image, bg_depth = _source(bg_name)
@@ -246,6 +257,19 @@ def render_sequence(seed: int, split: Literal["train", "val", "test"], modality:
     depths = [rng.uniform(0.1, 0.3)] + list(rng.uniform(0.3, 0.4, n_distractors))
     temps = [rng.uniform(0.8, 0.95)] + list(rng.uniform(0.35, 0.6, n_distractors))
     thermal_bg = 0.1 + 0.15 * gaussian_filter(background.mean(2), 2)
+    # X-only extras from their own generator: the depth sequences and all RGB stay as they were
+    xrng = np.random.default_rng([seed, list(SOURCES).index(split), MODALITIES.index(modality), 29])
+    crossover = np.zeros(length, bool)
+    if modality == "thermal":
+        yy, xx = np.mgrid[0:H, 0:W]
+        for _ in range(int(xrng.integers(0, 4))):  # warm people-like regions: upright ellipses
+            cy, cx = xrng.uniform(0, H), xrng.uniform(0, W)
+            ry, rx = xrng.uniform(0.12, 0.3) * H, xrng.uniform(0.04, 0.1) * W
+            blob = np.exp(-0.5 * (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) ** 2)
+            thermal_bg = np.maximum(thermal_bg, xrng.uniform(0.6, 0.9) * blob)
+        if xrng.random() < 0.3:  # thermal crossover: the target cools to its surroundings for a while
+            a = int(xrng.integers(1, length))
+            crossover[a:a + int(xrng.integers(length // 8 + 1, length // 3 + 2))] = True
 
     frames, xs, boxes, present, masks = [], [], [], [], []
     attrs = {a: np.zeros(length, bool) for a in ATTRIBUTES}
@@ -267,7 +291,10 @@ def render_sequence(seed: int, split: Literal["train", "val", "test"], modality:
             a = layers[i][..., 3:]
             rgb = rgb * (1 - a) + layers[i][..., :3] * a
             dep = np.where(a[..., 0] > 0.5, depths[i], dep)
-            therm = therm * (1 - a[..., 0]) + temps[i] * a[..., 0]
+            temp = temps[i]
+            if i == 0 and crossover[t]:  # the target's temperature: the mean of what it covers
+                temp = float((therm * a[..., 0]).sum() / max(float(a.sum()), 1e-6))
+            therm = therm * (1 - a[..., 0]) + temp * a[..., 0]
         visible = layers[0][..., 3].copy()
         if occluder is not None:
             occ = _place(occluder, occ_mover, size)
@@ -293,16 +320,21 @@ def render_sequence(seed: int, split: Literal["train", "val", "test"], modality:
         attrs["dark"][t], attrs["overexposed"][t], attrs["camouflage"][t] = dark[t], bright[t], camo[t]
         attrs["fast_motion"][t] = fast[t]
         attrs["distractor"][t] = n_distractors > 0
+        # drawn for every modality so the scene's generator advances alike (same scenes for every X)
+        noisy = dep + rng.normal(0, 0.01, dep.shape)
+        noisy[rng.random(dep.shape) < 0.02] = 0.0  # missing depth pixels
         if modality == "depth":
-            noisy = dep + rng.normal(0, 0.01, dep.shape)
-            noisy[rng.random(dep.shape) < 0.02] = 0.0  # missing depth pixels
             xs.append(np.clip(noisy, 0, 1))
         elif modality == "thermal":
-            xs.append(np.clip(gaussian_filter(therm, 1.2) + rng.normal(0, 0.02, therm.shape), 0, 1))
+            xs.append(np.clip(gaussian_filter(therm, 1.2) + xrng.normal(0, 0.02, therm.shape), 0, 1))
         else:
             log = np.log(scene.mean(2) + 1e-2)
             diff = log - prev_log if prev_log is not None else np.zeros_like(log)
-            xs.append(np.sign(diff) * (np.abs(diff) > 0.1))
+            events = np.sign(diff) * (np.abs(diff) > 0.1)
+            if t:  # sensor noise: random-signed events on about 0.5% of the pixels
+                noise = xrng.random(events.shape) < 0.005
+                events = np.where(noise, xrng.choice([-1.0, 1.0], events.shape), events)
+            xs.append(events)
             prev_log = log
         frames.append(np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8))
         boxes.append(box if is_present else (box if np.isfinite(box).all() else np.full(4, np.nan)))
