@@ -34,10 +34,10 @@ class RecordBatches(Callback):
         self.batches: dict[str, list] = {"train": [], "val": []}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.batches["train"].append({k: v.clone() for k, v in batch.items()})
+        self.batches["train"].append({k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()})
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self.batches["val"].append({k: v.clone() for k, v in batch.items()})
+        self.batches["val"].append({k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()})
 
 
 def test_routing_stats_are_logged_per_split(tmp_path: Path) -> None:
