@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.ndimage import binary_dilation
+from scipy.ndimage import binary_dilation, distance_transform_edt
 
 from mmoe.datamodules.anomaly import AnomalyDataModule
 from mmoe.datamodules.anomaly.bmad import read_bmad

@@ -225,7 +225,7 @@ def test_numpy_and_torch_read_the_same_image_alike() -> None:
     a, ca = prepare_images(APRE, hwc, None)
     b, cb = prepare_images(APRE, t, None)
     torch.testing.assert_close(a["image"], b["image"])
-    assert ca == cb == {"sizes": [(20, 24)], "batched": False}
+    assert ca == cb == {"sizes": [(20, 24)], "batched": False, "volume": None}
     # a batch: [N, H, W, C] numpy and [N, C, H, W] torch alike
     a, ca = prepare_images(APRE, np.stack([hwc, hwc[::-1]]), None)
     b, cb = prepare_images(APRE, torch.stack([t, t.flip(1)]), None)
