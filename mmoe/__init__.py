@@ -7,8 +7,7 @@ from mmoe.loading import list_models, load
 from mmoe.moe_layer import MoELayer
 from mmoe.routers import ROUTERS, register_router
 from mmoe.stats import MoEOutputs, RoutingStats, collect_moe
-
-__version__ = "0.1.0"
+from mmoe.version import __version__ as __version__
 
 __all__ = [
     "BlockSpec",

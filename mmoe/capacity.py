@@ -37,6 +37,8 @@ import math
 
 import torch
 
+from mmoe.kernels.reference import activate
+
 
 def expert_capacity(capacity_factor: float | None, top_k: int, num_tokens: int, num_experts: int) -> int | None:
     """``C = ceil(cf * k * T / E)``; ``None`` (dropless) when ``capacity_factor`` is None."""
@@ -59,8 +61,6 @@ def pair_output_value(x: torch.Tensor, pair_token: torch.Tensor, pair_expert: to
                       pair_weight: torch.Tensor, experts: torch.nn.Module) -> torch.Tensor:
     """``gate x ||expert output||`` per pair for ``x [T, dim]`` and :class:`mmoe.experts.Experts`
     (pairs with expert index ``>= E`` get 0); computes every routed pair."""
-    from mmoe.kernels.reference import activate
-
     out = torch.zeros(pair_expert.shape[0], device=x.device, dtype=torch.float32)
     with torch.no_grad():
         for e in range(experts.num_experts):
@@ -85,22 +85,30 @@ def macs_priority(
 
     ``pair_value``: None for the entropy token value; else a non-negative value per pair
     (:func:`pair_output_value`) used as ``u``, with ``v = 1 + u / max(u)``."""
-    E, M = num_experts, num_modalities
-    P = pair_expert.numel()
     if pair_value is None:
         v = token_value(token_probs)[pair_token]  # [P]
         u = v * pair_weight.detach().float()
     else:
         u = pair_value.float()
-        v = 1.0 + u / u.max().clamp_min(1e-12) if P else u
-    group = pair_expert.long() * M + modality[pair_token].long()  # expert E (pruned) -> own groups
-    load = torch.zeros((E + 1) * M, device=v.device).index_add_(0, group, v)
-    by_value = torch.sort(u, descending=True, stable=True).indices
+        v = 1.0 + u / u.max().clamp_min(1e-12) if u.numel() else u
+    return fair_queue_priority(pair_expert, modality[pair_token], u, v, num_experts, num_modalities)
+
+
+def fair_queue_priority(pair_expert: torch.Tensor, pair_modality: torch.Tensor, pair_u: torch.Tensor,
+                        pair_v: torch.Tensor, num_experts: int, num_modalities: int) -> torch.Tensor:
+    """The fair-queueing core of MACS, from per-pair values, shared by the local and the
+    expert-parallel (gathered) decision: within each (expert, modality) group, pairs ranked by
+    ``pair_u`` (descending) get key ``(rank + 1) / sum of the group's pair_v``; priority ``-key``.
+    Pairs with expert ``num_experts`` (pruned) form their own groups."""
+    E, M = num_experts, num_modalities
+    P = pair_expert.numel()
+    group = pair_expert.long() * M + pair_modality.long()
+    load = torch.zeros((E + 1) * M, device=pair_v.device).index_add_(0, group, pair_v.float())
+    by_value = torch.sort(pair_u, descending=True, stable=True).indices
     order = by_value[torch.sort(group[by_value], stable=True).indices]
-    counts = torch.zeros((E + 1) * M, dtype=torch.long, device=v.device)
+    counts = torch.zeros((E + 1) * M, dtype=torch.long, device=pair_v.device)
     counts.index_add_(0, group, torch.ones_like(group))
     starts = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
-    rank_sorted = torch.arange(P, device=v.device) - starts[group[order]]
+    rank_sorted = torch.arange(P, device=pair_v.device) - starts[group[order]]
     rank = torch.empty_like(rank_sorted).scatter_(0, order, rank_sorted)
-    key = (rank.float() + 1.0) / load[group].clamp_min(1e-12)
-    return -key
+    return -((rank.float() + 1.0) / load[group].clamp_min(1e-12))

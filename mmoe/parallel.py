@@ -52,7 +52,7 @@ from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
-from mmoe.capacity import expert_capacity, token_value
+from mmoe.capacity import expert_capacity, fair_queue_priority, token_value
 from mmoe.kernels import backend_ops
 from mmoe.kernels.reference import expert_counts
 from mmoe.moe_layer import MoELayer
@@ -229,25 +229,6 @@ def shard_state_dict(model: nn.Module, state_dict: dict[str, Any], prefix: str =
 
 
 # ------------------------------------------------------------------------------ forward
-def _macs_priority(pair_expert: torch.Tensor, pair_weight: torch.Tensor, pair_mod: torch.Tensor,
-                   pair_value: torch.Tensor, num_experts: int, num_modalities: int) -> torch.Tensor:
-    """:func:`mmoe.capacity.macs_priority` from per-pair modality and token value (the gathered
-    decision): same keys, same order of float sums."""
-    E, M = num_experts, num_modalities
-    P = pair_expert.numel()
-    u = pair_value * pair_weight.float()
-    group = pair_expert.long() * M + pair_mod.long()
-    load = torch.zeros((E + 1) * M, device=u.device).index_add_(0, group, pair_value)
-    by_value = torch.sort(u, descending=True, stable=True).indices
-    order = by_value[torch.sort(group[by_value], stable=True).indices]
-    counts = torch.zeros((E + 1) * M, dtype=torch.long, device=u.device)
-    counts.index_add_(0, group, torch.ones_like(group))
-    starts = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
-    rank_sorted = torch.arange(P, device=u.device) - starts[group[order]]
-    rank = torch.empty_like(rank_sorted).scatter_(0, order, rank_sorted)
-    return -((rank.float() + 1.0) / load[group].clamp_min(1e-12))
-
-
 def _expert_choice_routing(layer: MoELayer, xt: torch.Tensor, capacity: int, sizes: list[int],
                            ep: ExpertParallel) -> Routing:
     """Expert choice over the tokens of all ranks: each expert takes its ``C`` best tokens globally."""
@@ -321,8 +302,8 @@ def sparse_forward(layer: MoELayer, xt: torch.Tensor, num_samples: int, mod: tor
         ep.traffic["routing"] += local.numel() * 8 * (W - 1)
         g_expert = everyone[:, 0].long()
         if macs:
-            priority = _macs_priority(g_expert, everyone[:, 4].float(), everyone[:, 2].long(),
-                                      everyone[:, 3].float(), E, M)
+            value = everyone[:, 3].float()  # the token value; column 4 is the pair's gate weight
+            priority = fair_queue_priority(g_expert, everyone[:, 2].long(), value * everyone[:, 4].float(), value, E, M)
         else:
             priority = everyone[:, 1].float()
         d = ops.dispatch_metadata(g_expert, priority, E, dispatch_capacity)

@@ -43,6 +43,8 @@ from typing import Any, BinaryIO
 
 from tqdm.auto import tqdm
 
+from mmoe.version import __version__
+
 try:
     import fcntl
 except ImportError:  # Windows: no cross-process lock, rename stays atomic
@@ -338,8 +340,6 @@ def _remove_stale_parts(cache: Path, file: str) -> None:
 
 
 def _open_url(url: str, timeout: float) -> tuple[BinaryIO, int | None]:
-    from mmoe import __version__
-
     req = urllib.request.Request(url, headers={"User-Agent": f"mmoe/{__version__}"})
     try:
         resp = urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - scheme checked in base_url()

@@ -18,7 +18,10 @@ from typing import Any
 
 import torch
 
+import mmoe.configs
 from mmoe import zoo
+from mmoe.loading import _load_safetensors, build_model, read_checkpoint
+from mmoe.version import __version__
 
 EPILOG = (
     "environment: MMOE_ZOO_URL (base URL or directory of the weight files), MMOE_HOME "
@@ -53,8 +56,6 @@ def _parse_metrics(value: str) -> dict[str, float]:
 
 
 def _configs_dir() -> Path:
-    import mmoe.configs
-
     return Path(mmoe.configs.__file__).resolve().parent
 
 
@@ -75,9 +76,6 @@ def export_checkpoint(
     loading casts them back to the model's parameter type.
     """
     from safetensors.torch import save_file
-
-    from mmoe import __version__
-    from mmoe.loading import _load_safetensors, build_model, read_checkpoint
 
     if not zoo.NAME_RE.fullmatch(name):
         raise _BadInput(f"--name: expected letters, digits, '.', '_' or '-' (not first), got {name!r}")

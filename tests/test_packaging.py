@@ -30,3 +30,13 @@ def test_wheel_contents(tmp_path: Path) -> None:
     missing = sorted(expected - names)
     assert not missing, f"not in the wheel: {missing}"
     assert not any(n.split("/")[0] in ("kernels", "tasks", "datamodules", "configs") for n in names)
+
+
+def test_version_is_the_distribution_version() -> None:
+    """``mmoe.__version__`` (what the zoo's User-Agent and exported files carry) is pyproject's."""
+    import tomllib
+
+    import mmoe
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert mmoe.__version__ == project["version"]

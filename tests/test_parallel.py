@@ -219,7 +219,7 @@ def test_expert_parallel_triton_backend(tmp_path: Path) -> None:
 def test_macs_priority_from_gathered_values_matches_capacity() -> None:
     """The gathered-decision MACS priority equals mmoe.capacity.macs_priority on one process."""
     from mmoe.capacity import macs_priority, token_value
-    from mmoe.parallel import _macs_priority
+    from mmoe.capacity import fair_queue_priority
 
     torch.manual_seed(0)
     T, M = 37, 3
@@ -230,7 +230,8 @@ def test_macs_priority_from_gathered_values_matches_capacity() -> None:
     weight = probs.gather(-1, torch.topk(probs, K).indices).reshape(-1)
     mod = torch.randint(0, M, (T,))
     want = macs_priority(pair_token, pair_expert, weight, mod, probs, E, M)
-    got = _macs_priority(pair_expert, weight, mod[pair_token], token_value(probs)[pair_token], E, M)
+    value = token_value(probs)[pair_token]  # what the gathered decision holds per pair
+    got = fair_queue_priority(pair_expert, mod[pair_token], value * weight, value, E, M)
     assert torch.equal(got, want)
 
 

@@ -17,7 +17,7 @@ from mmoe.datamodules.restoration import degradations as D
 from mmoe.datamodules.restoration import readers as R
 from mmoe.datamodules.restoration import synthetic as S
 from mmoe.sampling import EpochSampler
-from mmoe.tasks.restoration.io import DEGRADATIONS_3, DEGRADATIONS_5
+from mmoe.datamodules.restoration.preprocess import DEGRADATIONS_3, DEGRADATIONS_5
 
 
 def _grad_energy(x: np.ndarray) -> tuple[float, float]:

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmoe.datamodules.restoration import synthetic
 from mmoe.datamodules.restoration.degradations import DEGRADATION_NAMES, NOISE_SIGMAS, degrade
+from mmoe.datamodules.restoration.preprocess import RestorationPreprocess
 from mmoe.datamodules.restoration.readers import (
     PROMPTIR_DEGRADATIONS,
     Record,
@@ -303,10 +304,8 @@ class RestorationDataModule(LightningDataModule):
         self.test_dataset: EvalDataset | None = None
 
     @property
-    def preprocess(self):
+    def preprocess(self) -> RestorationPreprocess:
         """The settings the model takes from the data (the CLI links them to ``model.preprocess``)."""
-        from mmoe.tasks.restoration.io import RestorationPreprocess  # here: the task's io may import this package
-
         return RestorationPreprocess(degradation_names=list(self.degradations))
 
     @property

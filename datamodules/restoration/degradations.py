@@ -3,7 +3,7 @@
 Every function takes a float32 ``[H, W, 3]`` image in [0, 1] and a ``numpy.random.Generator``
 and returns a new float32 image in [0, 1] of the same shape; parameters left as ``None`` are
 drawn from the ranges in the docstrings, so the same generator state gives the same output.
-:func:`degrade` dispatches on the degradation names of :mod:`mmoe.tasks.restoration.io`.
+:func:`degrade` dispatches on the degradation names of :mod:`mmoe.datamodules.restoration.preprocess`.
 """
 
 from __future__ import annotations

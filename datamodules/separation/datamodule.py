@@ -20,7 +20,7 @@ every draw a pure function of ``(seed, epoch, index)``; validation mixtures are 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmoe.datamodules.separation import speech
 from mmoe.datamodules.separation.readers import MixtureRecord, load_record, read_librimix, read_wsj0_2mix
-from mmoe.tasks.separation.io import SeparationPreprocess
+from mmoe.datamodules.separation.preprocess import SeparationPreprocess
 from mmoe.sampling import EpochSampler
 from mmoe.validation import check_choice, check_number, check_positive_int
 
