@@ -5,7 +5,9 @@ download server, so the hashes it pins cannot be changed by a mirror: the base U
 says where the bytes come from. Environment:
 
 - ``MMOE_ZOO_URL``: base URL of the weight files (``http(s)://``, ``file://`` or a
-  directory). Default: the repository's ``checkpoints/`` folder when it is present.
+  directory): an optional mirror. Default: the weight files that ship with the install (the
+  wheel's package data ``mmoe/checkpoints/``, or a checkout's ``checkpoints/``), still copied
+  into the cache and hash-checked like a download.
 - ``MMOE_ZOO_MANIFEST``: path of another manifest (e.g. a private zoo).
 - ``MMOE_HOME``: cache root (default ``~/.cache/mmoe``); files go to ``$MMOE_HOME/zoo``.
 - ``MMOE_OFFLINE=1``: use the cache only.
@@ -65,6 +67,7 @@ __all__ = [
     "list_models",
     "manifest_path",
     "read_manifest",
+    "bundled_weights_dir",
     "repo_checkpoints_dir",
     "write_manifest",
 ]
@@ -99,6 +102,15 @@ def repo_checkpoints_dir() -> Path | None:
     """The source tree's ``checkpoints/`` folder (editable install or checkout), if any."""
     d = _PKG_DIR.parent / "checkpoints"
     return d if (d / MANIFEST_NAME).is_file() else None
+
+
+def bundled_weights_dir() -> Path | None:
+    """Where the released weight files ship with this install: the wheel's ``mmoe/checkpoints/``
+    (package data), else the source tree's ``checkpoints/``; None when neither has them."""
+    for d in (_PKG_DIR / "checkpoints", _PKG_DIR.parent / "checkpoints"):
+        if (d / MANIFEST_NAME).is_file() and any(d.glob("*.safetensors")):
+            return d
+    return None
 
 
 def manifest_path() -> Path | None:
@@ -144,13 +156,13 @@ def base_url() -> str:
     """Base URL of the weight files, always ending in ``/``."""
     url = os.environ.get("MMOE_ZOO_URL", "").strip()
     if not url:
-        repo = repo_checkpoints_dir()
-        if repo is None:
+        bundled = bundled_weights_dir()
+        if bundled is None:
             raise ZooError(
-                "no model-zoo location: set MMOE_ZOO_URL to the base URL (http://, https://, "
-                "file://) or the directory that holds the .safetensors files"
+                "no model-zoo location: this install carries no weight files; set MMOE_ZOO_URL to the base URL "
+                "(http://, https://, file://) or the directory that holds the .safetensors files"
             )
-        url = repo.as_uri()
+        url = bundled.as_uri()
     else:
         try:
             if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", url):  # a plain directory path
