@@ -85,7 +85,7 @@ def test_lesion_types_are_reproducible_local_and_masked(kind: str) -> None:
     assert mask.dtype == bool and 0 < mask.mean() < 0.35
     changed = np.abs(out - image).max(-1) > 1e-3
     assert changed[mask].mean() > 0.9
-    far = changed & ~binary_dilation(mask, iterations=6)
+    far = changed & (distance_transform_edt(~mask) > 7)  # more than 7 px from the mask (diffuse: a 5.3 px ramp)
     if kind == "mass_effect":
         assert far.sum() > 10  # the displaced tissue around the mass
     else:

@@ -232,7 +232,8 @@ def test_numpy_and_torch_read_the_same_image_alike() -> None:
     torch.testing.assert_close(a["image"], b["image"])
     assert ca["batched"] and cb["batched"] and a["image"].shape[0] == 2
     # numpy [5, 64, 3] is one 5 x 64 colour image, as documented (both tasks)
-    assert prepare_images(APRE, np.zeros((5, 64, 3), np.uint8), None)[1] == {"sizes": [(5, 64)], "batched": False}
+    assert prepare_images(APRE, np.zeros((5, 64, 3), np.uint8), None)[1] == {"sizes": [(5, 64)], "batched": False,
+                                                                              "volume": None}
     assert prepare_image(RPRE, np.zeros((5, 64, 3), np.uint8))[1]["size"] == (5, 64)
     # a greyscale stack is [N, H, W, 1]
     batch, ctx = prepare_images(APRE, rng.random((4, 20, 24, 1)), None)
