@@ -35,6 +35,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,10 @@ def _loggers(save_dir: str, name: str) -> list:
     return loggers
 
 
+class CLIError(ValueError):
+    """A command-line mistake: ``mmoe`` prints it as one line and exits with status 2."""
+
+
 class RecipeCheck(Callback):
     """Warns, and writes ``INCOMPLETE.json`` in the run folder, when fit ends before its planned
     optimizer steps (a ``max_time`` cap or an interruption): the recipe's quality is not what
@@ -201,6 +206,23 @@ class MMoECLI(LightningCLI):
         parser.add_class_arguments(OptimConfig, "optim")
         parser.link_arguments("data.preprocess", "model.init_args.preprocess", apply_on="instantiate")
 
+    def _resolve_ckpt_path(self, config: Any) -> None:
+        """``--ckpt_path best|last`` name the newest run folder's file; a local file that is not
+        there is a :class:`CLIError` before anything (a run folder) is made."""
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path or re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", str(ckpt_path)):
+            return
+        if ckpt_path in ("best", "last") and self.config.subcommand != "fit":
+            run = Path(config.get("run_dir") or config["trainer"].get("default_root_dir") or "runs") / config["run_name"]
+            found = sorted(run.glob(f"version_*/checkpoints/{ckpt_path}.ckpt"),
+                           key=lambda p: int(p.parts[-3].split("_")[1]) if p.parts[-3].split("_")[1].isdigit() else -1)
+            if not found:
+                raise CLIError(f"--ckpt_path {ckpt_path}: no {ckpt_path}.ckpt in any {run}/version_*/checkpoints/ "
+                               "(train first, or pass --run_dir/--run_name of the run, or a file)")
+            config["ckpt_path"] = str(found[-1])
+        elif ckpt_path not in ("best", "last", "hpc") and not Path(ckpt_path).is_file():
+            raise CLIError(f"--ckpt_path: no such file {ckpt_path!r}")
+
     def _parse_ckpt_path(self) -> None:
         # Lightning re-reads model arguments from a checkpoint. They pass the checks `mmoe.load`
         # applies (mmoe.loading): the size of the data, the trusted class before importing it, no
@@ -209,6 +231,7 @@ class MMoECLI(LightningCLI):
         if not self.config.get("subcommand"):
             return
         config = self.config[self.config.subcommand]
+        self._resolve_ckpt_path(config)
         ckpt_path = config.get("ckpt_path")
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
@@ -244,6 +267,15 @@ class MMoECLI(LightningCLI):
             self.model.optim = config["optim"]
 
     def after_fit(self) -> None:
+        callback = self.trainer.checkpoint_callback
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath and not callback.best_model_path \
+                and not self.trainer.interrupted and self.trainer.global_step > 0:
+            # no validation ran (a fit shorter than the validation interval): best.ckpt holds the last weights
+            best = Path(callback.dirpath) / "best.ckpt"
+            log.warning("no validation ran in this fit's %d steps, so no checkpoint was chosen by %s; %s holds the "
+                        "final weights (unvalidated)", self.trainer.global_step, callback.monitor, best)
+            self.trainer.save_checkpoint(best)
+            callback.best_model_path = str(best)
         if self.config[self.subcommand].get("test_after_fit"):
             best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
@@ -305,7 +337,11 @@ def main() -> None:
     if sys.argv[1:2] == ["list"]:
         print(list_shipped())
         return
-    cli_main()
+    try:
+        cli_main()
+    except CLIError as exc:
+        print(f"mmoe: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
+import sys
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -201,3 +203,31 @@ def test_plugin_is_serialisable_in_the_saved_run_config(tmp_path: Path) -> None:
     cli = cli_main(["--config", str(tiny_config(tmp_path)), PLUGIN], run=False)
     dumped = cli.parser.dump(cli.config, skip_link_targets=False)
     assert "class_path: mmoe.safe_checkpoint.SafeCheckpointIO" in dumped
+
+
+def test_a_fit_shorter_than_the_validation_interval_leaves_best_and_test_best_resolves(tmp_path: Path) -> None:
+    """No validation ran (val every 10 epochs, 1 epoch of 2 steps): best.ckpt still exists (the
+    final weights, with a warning), and `test --ckpt_path best` finds it in the newest run folder."""
+    config = tiny_config(tmp_path)
+    fit = cli_main(["fit", "--config", str(config), PLUGIN, "--trainer.check_val_every_n_epoch", "10",
+                    "--optim.scheduler", "none"])
+    assert fit.trainer.global_step == 2 and "val/rel_l2" not in fit.trainer.callback_metrics
+    best = Path(fit.trainer.log_dir) / "checkpoints" / "best.ckpt"
+    assert best.is_file()
+    torch.testing.assert_close(torch.load(best, weights_only=True)["state_dict"], fit.model.state_dict())
+    tested = cli_main(["test", "--config", str(config), PLUGIN, "--ckpt_path", "best"])
+    assert tested.trainer.ckpt_path == str(best) and "test/rel_l2" in tested.trainer.callback_metrics
+    last = cli_main(["test", "--config", str(config), PLUGIN, "--ckpt_path", "last"])
+    assert last.trainer.ckpt_path == str(best.with_name("last.ckpt"))
+
+
+def test_a_missing_checkpoint_is_one_line_and_makes_no_run_folder(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "MMOE_HOME"} | {"MMOE_HOME": str(tmp_path / "home")}
+    for ckpt in (str(tmp_path / "absent.ckpt"), "best"):
+        run = subprocess.run([sys.executable, "-m", "mmoe", "test", "--config", str(config), "--ckpt_path", ckpt],
+                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        assert run.returncode == 2, run.stderr[-2000:]
+        assert "Traceback" not in run.stderr
+        assert run.stderr.strip().splitlines()[-1].startswith("mmoe: error: --ckpt_path")
+        assert not (tmp_path / "runs").exists()
