@@ -1,3 +1,3 @@
-from mmoe.cli import main
+from mmoe.recipes import main
 
 main()

@@ -48,6 +48,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 import mmoe.parallel  # noqa: F401  registers --trainer.strategy ddp_expert_parallel
 from mmoe.datamodules import DATAMODULES
+from mmoe.recipes import resolve_config
 from mmoe.loading import check_bounded, check_init_args, import_class, torch_load_weights_only, trusted_modules
 from mmoe.safe_checkpoint import SafeCheckpointIO
 from mmoe.tasks import TASKS
@@ -89,21 +90,6 @@ def _restrict_parsing() -> None:
     set_loader(_PARSER_MODE, _bounded_yaml_load, exceptions=(yaml.YAMLError,))
 
 
-def shipped_configs() -> dict[str, Path]:
-    """Shipped recipes: ``"<task>/<name>"`` -> path inside the installed ``mmoe.configs``."""
-    root = Path(str(importlib.resources.files("mmoe.configs")))
-    return {str(p.relative_to(root).with_suffix("")): p for p in sorted(root.glob("*/*.yaml"))}
-
-
-def resolve_config(value: str) -> str:
-    """A local file wins; otherwise a shipped recipe name (``pde/nested_moe_2d[.yaml]``, also
-    ``configs/pde/nested_moe_2d.yaml``); otherwise ``value`` unchanged (the CLI reports it)."""
-    if os.path.exists(value):
-        return value
-    name = value.removeprefix("configs/").removesuffix(".yaml").removesuffix(".yml")
-    return str(shipped_configs().get(name, value))
-
-
 def _resolve_args(args: list[str]) -> list[str]:
     out, i = [], 0
     while i < len(args):
@@ -117,21 +103,6 @@ def _resolve_args(args: list[str]) -> list[str]:
         out.append(a)
         i += 1
     return out
-
-
-def list_shipped() -> str:
-    """One line per task and per shipped recipe (its first comment line)."""
-    lines = ["tasks:"]
-    for name, module in TASKS.items():
-        lines.append(f"  {name:<18} {module}")
-    lines.append("datamodules:")
-    for name, module in DATAMODULES.items():
-        lines.append(f"  {name:<18} {module}")
-    lines.append("configs (mmoe fit --config NAME):")
-    for name, path in shipped_configs().items():
-        first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
-        lines.append(f"  {name:<24} {first}")
-    return "\n".join(lines)
 
 
 def _parsed_class(model: Any) -> type | None:
@@ -328,15 +299,16 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> MMoECLI:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
             "parser_mode": _PARSER_MODE, **{c: {"parser_mode": _PARSER_MODE} for c in MMoECLI.subcommands()},
+            "description": "mmoe: train, test and predict with the task models. `mmoe list` shows the tasks, "
+                           "datamodules and shipped recipes; --config takes a file or a recipe name "
+                           "(e.g. pde/nested_moe_2d).",
         },
         auto_configure_optimizers=False,
     )
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["list"]:
-        print(list_shipped())
-        return
+    """``mmoe ...``: the CLI (``mmoe list`` is answered by :func:`mmoe.recipes.main` before this is imported)."""
     try:
         cli_main()
     except CLIError as exc:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mmoe.tasks.base import BaseMoETask, OptimConfig
-
 #: public task class name -> module that defines it
 TASKS: dict[str, str] = {
     "PDETask": "mmoe.tasks.pde.task",
@@ -28,4 +26,6 @@ __all__ = ["TASKS", "BaseMoETask", "OptimConfig", *TASKS]
 def __getattr__(name: str) -> Any:
     if name in TASKS:
         return getattr(importlib.import_module(TASKS[name]), name)
+    if name in ("BaseMoETask", "OptimConfig"):
+        return getattr(importlib.import_module("mmoe.tasks.base"), name)
     raise AttributeError(f"module 'mmoe.tasks' has no attribute {name!r}")

@@ -15,7 +15,8 @@ from lightning.pytorch import Callback, Trainer
 from torch import nn
 
 from mmoe.settings import MoESettings
-from mmoe.cli import cli_main, list_shipped, resolve_config, shipped_configs
+from mmoe.cli import cli_main
+from mmoe.recipes import list_shipped, resolve_config, shipped_configs
 from mmoe.datamodules import PDEDataModule
 from mmoe.moe_layer import MoELayer
 from mmoe.tasks import PDETask
