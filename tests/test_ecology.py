@@ -235,3 +235,23 @@ def test_ecology_knobs_from_a_task_cli(tmp_path: Path, monkeypatch: pytest.Monke
     logged = cli.trainer.logged_metrics
     names = [n for n, m in cli.model.named_modules() if isinstance(m, MoELayer)]
     assert all(float(logged[f"routing_train/{n}/ecology"]) == pytest.approx(0.5) for n in names)
+
+
+def test_ecology_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/ecology.py runs end to end in a short mode and writes its numbers and plot."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "benchmarks/ecology.py", "--quick", "--steps", "30", "--json",
+                          str(tmp_path / "eco.json"), "--plot", str(tmp_path / "eco.png")],
+                         cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads((tmp_path / "eco.json").read_text())
+    assert len(data["sweep"]) == 9 and len(data["resuscitation"]) == 1  # 2 x (H=0 + 3 E values) + sigmoid
+    for row in data["sweep"]:
+        assert 0 <= row["dead"][0] <= 8 and row["imbalance"][0] >= 1.0 and math.isfinite(row["rel_mse"][0])
+        if row["E"]:  # the H the target chose holds E = T·H/(O+B)
+            assert row["H"] == pytest.approx(row["E"] * (0.1 + row["B"]))
+    assert (tmp_path / "eco.png").stat().st_size > 0
