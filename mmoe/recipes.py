@@ -32,6 +32,19 @@ def resolve_config(value: str) -> str:
     return str(shipped_configs().get(name, value))
 
 
+def _first_sentence(path: Path) -> str:
+    """The recipe's leading comment up to the end of its first sentence (comments may wrap it)."""
+    text = ""
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        text = f"{text} {line.lstrip('# ').strip()}".strip()
+        if text.endswith((".", "!", "?")):
+            break
+    end = text.find(". ")
+    return text[: end + 1] if end >= 0 else text
+
+
 def list_shipped() -> str:
     """One line per task and per shipped recipe (its first comment line)."""
     lines = ["tasks:"]
@@ -42,7 +55,7 @@ def list_shipped() -> str:
         lines.append(f"  {name:<18} {module}")
     lines.append("configs (mmoe fit --config NAME):")
     for name, path in shipped_configs().items():
-        first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+        first = _first_sentence(path)
         lines.append(f"  {name:<24} {first}")
     return "\n".join(lines)
 

@@ -189,3 +189,18 @@ def test_default_root_dir_holds_the_run_when_no_run_dir_is_given(tmp_path: Path)
     path.write_text(yaml.safe_dump(conf))
     cli = cli_main(["fit", "--config", str(path), "--run_name", "r"])
     assert Path(cli.trainer.log_dir).is_relative_to(tmp_path / "elsewhere" / "r")
+
+
+def test_mmoe_list_is_fast_and_whole(tmp_path: Path) -> None:
+    """`mmoe list` imports neither torch nor Lightning, and every recipe's line is a whole sentence."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.argv = ['mmoe', 'list']; from mmoe.recipes import main; main(); "
+            "assert 'torch' not in sys.modules and 'lightning' not in sys.modules, 'heavy import'")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert run.returncode == 0, run.stderr
+    recipes = [ln for ln in run.stdout.splitlines() if ln.startswith("  ") and "/" in ln.split()[0]]
+    assert len(recipes) == len(shipped_configs())
+    for line in recipes:
+        assert line.rstrip().endswith((".", "!", "?")), line
