@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from mmoe.datamodules.tracking import readers
 from mmoe.datamodules.tracking.crops import crop_around
+from mmoe.datamodules.tracking.preprocess import TrackingPreprocess
 from mmoe.datamodules.tracking.synthetic import ATTRIBUTES, MODALITIES, render_sequence
 from mmoe.inputs.video import image_size, read_image
 from mmoe.sampling import EpochSampler
@@ -333,10 +334,8 @@ class TrackingDataModule(LightningDataModule):
         self.test_dataset: SequenceDataset | None = None
 
     @property
-    def preprocess(self):
+    def preprocess(self) -> TrackingPreprocess:
         """The settings the model takes from the data (the CLI links them to ``model.preprocess``)."""
-        from mmoe.tasks.tracking.io import TrackingPreprocess  # here: the task's io may import this package
-
         hp = self.hparams
         modality = hp.modality if hp.dataset == "synthetic" else REAL_MODALITY[hp.dataset]
         modality = MODALITIES[0] if modality == "all" else modality

@@ -1,7 +1,7 @@
 """Single-object RGB+X tracking: the one-stream dual-MoE tracker (``model``), its LightningModule
 (``task``), metrics (``metrics``) and what predict needs (``io``)."""
 
-from mmoe.tasks.tracking.io import TrackingPreprocess
+from mmoe.datamodules.tracking.preprocess import TrackingPreprocess
 from mmoe.tasks.tracking.model import OneStreamMoETracker
 from mmoe.tasks.tracking.task import TrackingTask
 

@@ -10,7 +10,8 @@ from torchmetrics import MetricCollection
 
 from mmoe.settings import MoESettings, upgrade_legacy_moe
 from mmoe.tasks.base import BaseMoETask
-from mmoe.tasks.tracking.io import TrackingPreprocess, finish_sequence, prepare_sequence
+from mmoe.datamodules.tracking.preprocess import TrackingPreprocess
+from mmoe.tasks.tracking.io import finish_sequence, prepare_sequence
 from mmoe.tasks.tracking.metrics import NormalizedPrecision, PrecisionAt, RGBDFScore, SuccessAUC, box_iou
 from mmoe.tasks.tracking.model import TRACKING_MOE, OneStreamMoETracker, tracking_loss
 from mmoe.tasks.tracking.stream import Tracker, resolve_modality, track_sequence
