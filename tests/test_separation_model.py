@@ -188,3 +188,49 @@ def test_task_rejects_bad_arguments() -> None:
         SeparationTask(n_fft=64, hop=128)
     with pytest.raises(ValueError, match="preprocess.overlap_seconds"):
         SeparationTask(preprocess={"chunk_seconds": 1.0, "overlap_seconds": 0.6})
+
+
+def test_stream_emits_every_sample_with_its_latency_and_bounded_state(task: SeparationTask) -> None:
+    rng = np.random.default_rng(3)
+    x = (0.1 * rng.standard_normal(5000)).astype(np.float32)
+    s = task.stream(8000, block_ms=32, lookahead_ms=16, context_seconds=0.25)  # 256, 128, 2000 samples
+    assert s.latency_seconds == pytest.approx(0.048)
+    got, pushed = [], 0
+    for size in rng.integers(1, 400, size=40):
+        chunk = x[pushed: pushed + size]
+        if not chunk.size:
+            break
+        out = s.push(chunk)
+        pushed += chunk.size
+        got.append(out)
+        emitted = sum(o.shape[-1] for o in got)
+        assert emitted == max(0, (pushed - 128) // 256) * 256  # a block leaves once its lookahead is in
+        assert s._x.numel() <= 2000 + 256 + 128 + 400  # past context, one block, lookahead, one chunk
+    got.append(s.push(x[pushed:]))
+    got.append(s.flush())
+    out = np.concatenate(got, -1)
+    assert out.shape == (2, 5000) and out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def test_stream_with_whole_context_equals_the_model_on_the_whole_input(task: SeparationTask) -> None:
+    """Context and lookahead longer than the input: every block comes from one window, the whole
+    input, so the stream's output is the model's, in the same speaker order."""
+    x = (0.1 * np.random.default_rng(4).standard_normal(3000)).astype(np.float32)
+    s = task.stream(8000, block_ms=20, lookahead_ms=1000, context_seconds=1.0)
+    out = np.concatenate([s.push(x[:1234]), s.push(x[1234:]), s.flush()], -1)
+    with torch.no_grad():
+        want = task.eval().model(torch.from_numpy(x)[None])[0].numpy()
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+
+
+def test_stream_refuses_bad_settings_and_chunks(task: SeparationTask) -> None:
+    with pytest.raises(ValueError, match="sample_rate: a stream runs at the model's rate, 8000 Hz, got 16000"):
+        task.stream(16000)
+    with pytest.raises(ValueError, match="block_ms: expected a finite number >= 1.0"):
+        task.stream(8000, block_ms=0)
+    s = task.stream(8000)
+    with pytest.raises(ValueError, match=r"chunk: .*\[samples, channels\]"):
+        s.push(np.zeros((100, 2), np.float32))
+    with pytest.raises(ValueError, match="chunk: contains NaN"):
+        s.push(np.full(10, np.nan, np.float32))
+    assert s.push((np.ones(10) * 1000).astype(np.int16)).shape == (2, 0)  # integer PCM is read as such

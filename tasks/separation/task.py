@@ -14,6 +14,7 @@ from mmoe.tasks.base import BaseMoETask
 from mmoe.tasks.separation.io import SeparationPreprocess, finish_audio, prepare_audio
 from mmoe.tasks.separation.metrics import SDRi, SISNRi, pit_si_snr
 from mmoe.tasks.separation.model import SEPARATION_MOE, TFMoESeparator
+from mmoe.tasks.separation.stream import SeparationStream
 from mmoe.validation import check_choice, check_positive_int
 
 
@@ -195,6 +196,18 @@ class SeparationTask(BaseMoETask):
         integer PCM and files). Input rules: :mod:`mmoe.inputs.audio`.
         """
         return super().predict(audio, sample_rate)
+
+    def stream(self, sample_rate: int, block_ms: float = 32.0, lookahead_ms: float = 32.0,
+               context_seconds: float = 1.0) -> SeparationStream:
+        """A low-latency stream: ``s.push(chunk) -> sources [S, n]``, then ``s.flush()``.
+
+        Args:
+            sample_rate: the rate of the pushed audio (the model's own; streams are not resampled).
+            block_ms: samples emitted per model call, in milliseconds.
+            lookahead_ms: future audio a block sees; latency is ``block_ms + lookahead_ms``.
+            context_seconds: past audio each model call sees.
+        """
+        return SeparationStream(self, sample_rate, block_ms, lookahead_ms, context_seconds)
 
     def prepare_inputs(self, audio: Any, sample_rate: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         return prepare_audio(self.pre, audio, sample_rate)
