@@ -51,6 +51,7 @@ class PDETask(BaseMoETask):
     mode = "min"
     preprocess_class = PDEPreprocess
     default_moe = PDE_MOE
+    oracle_weight_hparam = "family_loss_weight"  # the supervised-routing weight O of the ecology E = T*H/(O+B)
 
     def __init__(
         self,

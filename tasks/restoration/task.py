@@ -55,6 +55,7 @@ class RestorationTask(BaseMoETask):
     mode = "max"
     preprocess_class = RestorationPreprocess
     default_moe = RESTORATION_MOE
+    oracle_weight_hparam = "degradation_loss_weight"  # the supervised-routing weight O of the ecology E = T*H/(O+B)
 
     def __init__(
         self,
