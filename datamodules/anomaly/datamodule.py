@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmoe.datamodules.anomaly import bmad, sources
 from mmoe.datamodules.anomaly.lesions import simulate_lesion
+from mmoe.datamodules.anomaly.preprocess import AnomalyPreprocess
 from mmoe.datamodules.anomaly.pseudo import KINDS, synthesize
 from mmoe.sampling import EpochSampler
 from mmoe.validation import check_choice, check_positive_int
@@ -256,10 +257,8 @@ class AnomalyDataModule(LightningDataModule):
         self.reference_dataset: ReferenceDataset | None = None
 
     @property
-    def preprocess(self):
+    def preprocess(self) -> AnomalyPreprocess:
         """The settings the model takes from the data (the CLI links them to ``model.preprocess``)."""
-        from mmoe.tasks.anomaly.io import AnomalyPreprocess
-
         return AnomalyPreprocess(image_size=self.hparams.image_size, modality_names=list(self.modality_names))
 
     @property

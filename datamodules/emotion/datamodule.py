@@ -16,6 +16,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from mmoe.datamodules.emotion.conversation import SAMPLE_RATE, collate_conversations
+from mmoe.datamodules.emotion.preprocess import EmotionPreprocess
 from mmoe.datamodules.emotion.readers import IEMOCAP_CLASSES, MELD_CLASSES, read_iemocap, read_meld
 from mmoe.datamodules.emotion.synthetic import CLASSES, UTTERANCE_TYPES, generate_conversations
 from mmoe.inputs.audio import pcm_to_float
@@ -115,10 +116,8 @@ class EmotionDataModule(LightningDataModule):
         return len(self.class_names)
 
     @property
-    def preprocess(self):
+    def preprocess(self) -> EmotionPreprocess:
         """The settings the model takes from the data (the CLI links them to ``model.preprocess``)."""
-        from mmoe.tasks.emotion.io import EmotionPreprocess  # here: the task's io imports this package
-
         hp = self.hparams
         return EmotionPreprocess(list(self.class_names), SAMPLE_RATE, hp.context_length, hp.max_seconds)
 

@@ -1,7 +1,7 @@
 """Medical image anomaly detection after MTL-MAD: the proxy-task MoE transformer (``model``), its
 LightningModule (``task``), metrics (``metrics``) and what predict needs (``io``)."""
 
-from mmoe.tasks.anomaly.io import AnomalyPreprocess
+from mmoe.datamodules.anomaly.preprocess import AnomalyPreprocess
 from mmoe.tasks.anomaly.model import ProxyTaskMoE
 from mmoe.tasks.anomaly.task import AnomalyTask
 

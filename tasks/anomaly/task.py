@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmoe.tasks.anomaly.io import AnomalyPreprocess, check_decision, finish_maps, prepare_images
+from mmoe.datamodules.anomaly.preprocess import AnomalyPreprocess
+from mmoe.tasks.anomaly.io import check_decision, finish_maps, prepare_images
 from mmoe.tasks.anomaly.metrics import AnomalyMetrics
 from mmoe.tasks.anomaly.model import ANOMALY_MOE, DEFAULT_FPR, DEFAULT_PIXEL_FPR, PROXY_TASKS, ProxyTaskMoE
 from mmoe.settings import MoESettings, upgrade_legacy_moe

@@ -1,7 +1,7 @@
 """Emotion recognition in conversations: the model (``model``), its LightningModule (``task``)
 and what predict needs (``io``)."""
 
-from mmoe.tasks.emotion.io import EmotionPreprocess
+from mmoe.datamodules.emotion.preprocess import EmotionPreprocess
 from mmoe.tasks.emotion.task import EmotionTask
 
 __all__ = ["EmotionPreprocess", "EmotionTask"]

@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
+from mmoe.datamodules.emotion.preprocess import EmotionPreprocess
 from mmoe.datamodules.emotion.synthetic import UTTERANCE_TYPES
 from mmoe.routers import ROUTERS
 from mmoe.settings import MoESettings, upgrade_legacy_moe
 from mmoe.tasks.base import BaseMoETask, as_config
-from mmoe.tasks.emotion.io import EmotionPreprocess, finish_conversation, prepare_conversation
+from mmoe.tasks.emotion.io import finish_conversation, prepare_conversation
 from mmoe.tasks.emotion.model import SENTENCE_ENCODER, ConversationEmotionModel
 from mmoe.validation import check_choice, check_positive_int
 
