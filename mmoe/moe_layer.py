@@ -111,7 +111,7 @@ class MoELayer(nn.Module):
         self.load_balance_weight, self.z_loss_weight = load_balance_weight, z_loss_weight
         self.dead_window, self.validate_inputs = dead_window, validate_inputs
         self.router = build_router(router, dim, num_experts, top_k, router_options)
-        self.router.temperature = float(router_temperature)
+        self.router.routing_temperature = float(router_temperature)
         self.entropy_weight, self.ecology_target = float(entropy_weight), ecology_target
         #: O: the owning task's supervised-routing loss weight, in units of this layer's aux loss
         self.oracle_weight: float = 0.0
@@ -148,7 +148,7 @@ class MoELayer(nn.Module):
     @property
     def router_temperature(self) -> float:
         """T: the router's temperature."""
-        return self.router.temperature
+        return self.router.routing_temperature
 
     @property
     def balance_weight(self) -> float:

@@ -7,7 +7,7 @@ the router's own options (``router_options``) to its constructor as keywords: a 
 options are its ``__init__`` arguments after ``dim, num_experts, top_k``. The soft router is not
 pair-based: it mixes tokens into slots, and :class:`mmoe.MoELayer` runs it on its own path.
 
-Expert ecology (``E = T·H/(O+B)``, arXiv 2605.06415): every router has a ``temperature`` T and an
+Expert ecology (``E = T·H/(O+B)``, arXiv 2605.06415): every router has a ``routing_temperature`` T and an
 ``entropy_weight`` H, plain attributes set by its :class:`mmoe.MoELayer` (not in the state dict, so
 the checkpoint layout is unchanged). T divides the logits the routing decision and gate weights
 are computed from; the logits a router returns (``Routing.logits``, ``sample_logits``) stay raw, so
@@ -106,7 +106,7 @@ class Router(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_experts, dim))
         nn.init.normal_(self.weight, std=dim**-0.5)
         #: routing temperature T (> 0) and routing-entropy weight H (>= 0), set by the owning layer
-        self.temperature: float = 1.0
+        self.routing_temperature: float = 1.0  # not `temperature`: a registered router may have its own
         self.entropy_weight: float = 0.0
         self.register_forward_hook(_add_entropy_term)
 
@@ -116,7 +116,7 @@ class Router(nn.Module):
 
     def scaled(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits / T``: what the routing decision and gate weights are computed from."""
-        return logits if self.temperature == 1.0 else logits / self.temperature
+        return logits if self.routing_temperature == 1.0 else logits / self.routing_temperature
 
     def forward(  # pragma: no cover - abstract
         self, x: torch.Tensor, sample: torch.Tensor, num_samples: int, ops: ModuleType, capacity: int | None
