@@ -63,7 +63,10 @@ def list_shipped() -> str:
 def main() -> None:
     """The ``mmoe`` command: ``mmoe list``, else the Lightning CLI (:func:`mmoe.cli.main`)."""
     if sys.argv[1:2] == ["list"]:
-        print(list_shipped())
+        try:
+            print(list_shipped(), flush=True)
+        except BrokenPipeError:  # `mmoe list | head`: the reader left, which is not an error
+            sys.stdout = None  # nothing left to flush at exit
         return
     from mmoe.cli import main as cli  # noqa: PLC0415 - the heavy imports only for the commands that need them
 

@@ -46,7 +46,6 @@ calibrated modalities); a threshold at another rate is interpolated in log-rate.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
