@@ -160,7 +160,14 @@ def naive_forward(layer, x: torch.Tensor, modality: torch.Tensor | None = None) 
         if layer.capacity_factor is not None and layer.router.kind != "expert_choice":
             cap = math.ceil(layer.capacity_factor * layer.top_k * T / E)
         pairs = token_pairs(layer, xt, num_samples)
-        if cap is not None and modality is not None and layer.capacity_mode == "macs":
+        if cap is not None and modality is not None and layer.capacity_mode == "macs_paper":
+            if layer.router.kind != "softmax":
+                raise NotImplementedError("naive paper MACS: the softmax router's token distribution only")
+            probs = [torch.softmax(layer.router.weight @ xt[t], 0).tolist() for t in range(T)]
+            keep, _ = paper_macs_keep([(t, e, float(w)) for t, e, w, _ in pairs], modality.reshape(-1).tolist(),
+                                      probs, E, layer.top_k, layer.capacity_factor)
+            pairs, dropped = [p for i, p in enumerate(pairs) if i in keep], len(pairs) - len(keep)
+        elif cap is not None and modality is not None and layer.capacity_mode == "macs":
             if layer.router.kind != "softmax":
                 raise NotImplementedError("naive MACS: the softmax router's token distribution only")
             probs = [torch.softmax(layer.router.weight @ xt[t], 0).tolist() for t in range(T)]
@@ -194,3 +201,28 @@ def soft_forward(layer, x: torch.Tensor) -> torch.Tensor:
         slot_out = torch.stack(slot_out)
         outs.append(torch.stack([torch.softmax(logits[n], 0) @ slot_out for n in range(N)]) if N else x[b] * 0)
     return torch.stack(outs)
+
+
+def paper_macs_keep(pairs: list[tuple[int, int, float]], modality: list[int], token_probs: list[list[float]],
+                    num_experts: int, top_k: int, capacity_factor: float) -> tuple[set[int], int]:
+    """Indices of the pairs paper MACS keeps and its capacity, from the rule in words
+    (mmoe/capacity.py docstring): the majority modality is visual (ties: lowest id); capacity
+    ``ceil(cf*k*T_v/E) + ceil(k*(T-T_v)/E)``; per expert text pairs first by gate, then visual
+    pairs by token value x gate; equal keys keep the earlier pair; experts >= E are pruned."""
+    T = len(modality)
+    count: dict[int, int] = {}
+    for m in modality:
+        count[m] = count.get(m, 0) + 1
+    visual = min(count, key=lambda m: (-count[m], m)) if count else 0
+    t_visual = count.get(visual, 0)
+    capacity = math.ceil(capacity_factor * top_k * t_visual / num_experts) + \
+        math.ceil(top_k * (T - t_visual) / num_experts)
+    value = [macs_token_value(p) for p in token_probs]
+    kept: set[int] = set()
+    for e in range(num_experts):
+        mine = [i for i, (_, ex, _) in enumerate(pairs) if ex == e]
+        text = sorted((i for i in mine if modality[pairs[i][0]] != visual), key=lambda i: (-pairs[i][2], i))
+        seen = sorted((i for i in mine if modality[pairs[i][0]] == visual),
+                      key=lambda i: (-value[pairs[i][0]] * pairs[i][2], i))
+        kept.update((text + seen)[:capacity])
+    return kept, capacity
