@@ -45,7 +45,8 @@ class BlockSpec:
         router: a name from :data:`mmoe.routers.ROUTERS`.
         router_options: the router's keyword options, e.g. ``{"groups": 2}`` for ``"nested"``.
         capacity_factor: None is dropless; else ``C = ceil(cf * k * T / E)`` pairs per expert.
-        capacity_mode: ``"macs"`` (modality-aware), ``"static"`` or ``"macs_output"`` (see :class:`mmoe.moe_layer.MoELayer`).
+        capacity_mode: ``"macs"`` (modality-aware), ``"static"``, ``"macs_output"`` or ``"macs_paper"`` (see
+            :class:`mmoe.moe_layer.MoELayer`).
         num_shared_experts: experts applied to every token, beside the routed ones.
         activation: ``"swiglu"`` or ``"gelu"`` (experts and dense FFN).
         backend: ``"auto"``, ``"torch"`` or ``"triton"``.
@@ -67,7 +68,7 @@ class BlockSpec:
     router: str = "softmax"
     router_options: dict[str, Any] = field(default_factory=dict)
     capacity_factor: float | None = None
-    capacity_mode: Literal["macs", "static", "macs_output"] = "macs"
+    capacity_mode: Literal["macs", "static", "macs_output", "macs_paper"] = "macs"
     num_shared_experts: int = 0
     activation: Literal["swiglu", "gelu"] = "swiglu"
     backend: Literal["auto", "torch", "triton"] = "auto"

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmoe.capacity import expert_capacity, macs_priority, pair_output_value
+from mmoe.capacity import (expert_capacity, macs_priority, pair_output_value, paper_macs_capacity,
+                           paper_macs_priority)
 from mmoe.experts import ACTIVATIONS, Experts
 from mmoe.kernels import BACKENDS, backend_ops
 from mmoe.kernels.reference import expert_counts
@@ -16,7 +17,7 @@ from mmoe.routers import ExpertChoiceRouter, Routing, SoftRouter, build_router, 
 from mmoe.stats import RoutingStats
 from mmoe.validation import check_choice, check_ids, check_number, check_positive_int, check_tensor
 
-CAPACITY_MODES = ("macs", "static", "macs_output")
+CAPACITY_MODES = ("macs", "static", "macs_output", "macs_paper")
 
 
 class MoELayer(nn.Module):
@@ -38,7 +39,8 @@ class MoELayer(nn.Module):
         capacity_mode: ``"macs"`` shares capacity among modalities when ``modality`` is given
             (see :mod:`mmoe.capacity`); ``"static"`` drops the lowest gate weights regardless;
             ``"macs_output"`` is MACS valuing pairs by gate x expert-output norm (a study: it
-            computes every routed pair first).
+            computes every routed pair first); ``"macs_paper"`` is the MACS paper's rule (capacity
+            scaled by the live visual/text mix, text first, visual pairs by entropy-weighted value).
         num_modalities: number of modality ids accepted in ``forward``.
         num_shared_experts: experts applied to every token, beside the routed ones.
         activation: ``"swiglu"`` or ``"gelu"``.
@@ -220,9 +222,16 @@ class MoELayer(nn.Module):
         capacity = expert_capacity(self.capacity_factor if not expert_choice else (self.capacity_factor or 1.0),
                                    self.top_k, T, E)
         sample = torch.arange(num_samples, device=xt.device).repeat_interleave(T // max(num_samples, 1))
+        visual = None
+        if capacity is not None and mod is not None and self.capacity_mode == "macs_paper" and not expert_choice:
+            # the live modality mix sets the capacity (one host read: the capacity is a number)
+            counts = torch.bincount(mod, minlength=self.num_modalities).tolist()
+            capacity, visual = paper_macs_capacity(self.capacity_factor, self.top_k, counts, E)
         r = self.router(xt, sample, num_samples, ops, capacity)
         dispatch_capacity = None if expert_choice else capacity
         priority = r.priority
+        if visual is not None:
+            priority = paper_macs_priority(r.pair_token, r.pair_weight, mod, r.token_probs, visual)
         if dispatch_capacity is not None and mod is not None and self.capacity_mode in ("macs", "macs_output"):
             value = (pair_output_value(xt, r.pair_token, r.pair_expert, r.pair_weight, self.experts)
                      if self.capacity_mode == "macs_output" else None)

@@ -52,7 +52,8 @@ from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
-from mmoe.capacity import expert_capacity, fair_queue_priority, token_value
+from mmoe.capacity import (expert_capacity, fair_queue_priority, paper_macs_capacity, paper_macs_pair_priority,
+                           token_value)
 from mmoe.kernels import backend_ops
 from mmoe.kernels.reference import expert_counts
 from mmoe.moe_layer import MoELayer
@@ -263,12 +264,19 @@ def sparse_forward(layer: MoELayer, xt: torch.Tensor, num_samples: int, mod: tor
     cf = layer.capacity_factor if not expert_choice else (layer.capacity_factor or 1.0)
     sizes: list[int] = []
     capacity = None
+    visual = None  # paper MACS: the visual modality of the global batch
+    paper = mod is not None and layer.capacity_mode == "macs_paper" and not expert_choice
     if cf is not None:  # tokens per rank: the global T of the capacity, the layout of gathered scores
         mine = torch.tensor([T], dtype=torch.long, device=device)
+        if paper:  # and its tokens per modality: paper MACS's capacity follows the global mix
+            mine = torch.cat([mine, torch.bincount(mod, minlength=M)])
         parts = [torch.empty_like(mine) for _ in range(W)]
         dist.all_gather(parts, mine, group=group)
-        sizes = [int(p) for p in torch.cat(parts).tolist()]
+        gathered = torch.stack(parts)
+        sizes = [int(p) for p in gathered[:, 0].tolist()]
         capacity = expert_capacity(cf, layer.top_k, sum(sizes), E)
+        if paper:
+            capacity, visual = paper_macs_capacity(cf, layer.top_k, gathered[:, 1:].sum(0).tolist(), E)
 
     if expert_choice:
         r = _expert_choice_routing(layer, xt, capacity, sizes, ep)
@@ -287,7 +295,7 @@ def sparse_forward(layer: MoELayer, xt: torch.Tensor, num_samples: int, mod: tor
         if mod is not None and layer.capacity_mode == "macs_output":
             raise ValueError("capacity_mode: 'macs_output' (a single-process study of the value rule) is not "
                              "supported with expert parallelism; use 'macs' or 'static'")
-        macs = mod is not None and layer.capacity_mode == "macs"
+        macs = mod is not None and layer.capacity_mode in ("macs", "macs_paper")
         cols = [r.pair_expert.double(), r.priority.double()]
         if macs:
             cols += [mod[r.pair_token].double(), token_value(r.token_probs)[r.pair_token].double(),
@@ -301,7 +309,10 @@ def sparse_forward(layer: MoELayer, xt: torch.Tensor, num_samples: int, mod: tor
         everyone = _gather_rows(local, psizes, group, W)
         ep.traffic["routing"] += local.numel() * 8 * (W - 1)
         g_expert = everyone[:, 0].long()
-        if macs:
+        if visual is not None:  # the same columns: modality, token value, gate
+            priority = paper_macs_pair_priority(everyone[:, 2].long(), everyone[:, 3].float(), everyone[:, 4].float(),
+                                                visual)
+        elif macs:
             value = everyone[:, 3].float()  # the token value; column 4 is the pair's gate weight
             priority = fair_queue_priority(g_expert, everyone[:, 2].long(), value * everyone[:, 4].float(), value, E, M)
         else:

@@ -15,8 +15,8 @@ from typing import Any, Literal
 from mmoe.routers import ROUTERS, NestedRouter
 from mmoe.validation import check_choice, check_number, check_positive_int
 
-CapacityMode = Literal["dropless", "static", "macs", "macs_output"]
-CAPACITY_MODES: tuple[str, ...] = ("dropless", "static", "macs", "macs_output")
+CapacityMode = Literal["dropless", "static", "macs", "macs_output", "macs_paper"]
+CAPACITY_MODES: tuple[str, ...] = ("dropless", "static", "macs", "macs_output", "macs_paper")
 #: routers that take no token capacity from the settings: soft slots are dropless by construction;
 #: expert choice uses the capacity factor as the expert's own capacity (MACS does not apply)
 _NO_MACS_ROUTERS: tuple[str, ...] = ("soft", "expert_choice")
@@ -38,8 +38,10 @@ class MoESettings:
             routers route over all ``num_experts`` and do not use it.
         top_k: routed experts per token k (group routers: inside the chosen group).
         capacity_mode: ``"dropless"`` (no cap), ``"static"`` (the lowest gate weights drop first),
-            ``"macs"`` (capacity shared among modalities by value) or ``"macs_output"`` (MACS valuing
-            pairs by gate x expert-output norm).
+            ``"macs"`` (capacity shared among modalities by value), ``"macs_output"`` (MACS valuing
+            pairs by gate x expert-output norm) or ``"macs_paper"`` (the MACS paper's rule: capacity
+            scaled by the live visual/text mix, text kept first, visual pairs by entropy-weighted value;
+            see :mod:`mmoe.capacity`).
         capacity_factor: ``C = ceil(cf * k * T / E)`` pairs per expert when the mode caps capacity
             (and the capacity of expert choice).
         num_shared_experts: experts applied to every token beside the routed ones.
@@ -99,7 +101,7 @@ class MoESettings:
             raise TypeError(f"moe.dense: expected a bool, got {self.dense!r}")
         if self.top_k > self.num_experts:
             raise ValueError(f"moe.top_k: expected at most moe.num_experts={self.num_experts}, got {self.top_k}")
-        if self.router in _NO_MACS_ROUTERS and self.capacity_mode in ("macs", "macs_output"):
+        if self.router in _NO_MACS_ROUTERS and self.capacity_mode in ("macs", "macs_output", "macs_paper"):
             raise ValueError(f"moe.capacity_mode: {self.capacity_mode!r} does not apply to router {self.router!r} "
                              f"(expected 'dropless' or 'static')")
 
