@@ -28,8 +28,7 @@ from torchmetrics.functional.classification import multiclass_f1_score
 import mmoe
 from mmoe.settings import MoESettings
 from mmoe.datamodules import EmotionDataModule
-from mmoe.moe_layer import MoELayer
-from mmoe.stats import collect_moe
+from mmoe.moe_layer import MoELayer, collect_moe
 
 ROOT = Path(__file__).resolve().parents[1]
 

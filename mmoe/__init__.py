@@ -18,7 +18,7 @@ _PUBLIC: dict[str, str] = {
     "list_models": "mmoe.loading", "load": "mmoe.loading",
     "MoELayer": "mmoe.moe_layer",
     "ROUTERS": "mmoe.routers", "register_router": "mmoe.routers",
-    "MoEOutputs": "mmoe.stats", "RoutingStats": "mmoe.stats", "collect_moe": "mmoe.stats",
+    "MoEOutputs": "mmoe.moe_layer", "RoutingStats": "mmoe.stats", "collect_moe": "mmoe.moe_layer",
 }
 
 __all__ = sorted(_PUBLIC)

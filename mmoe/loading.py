@@ -44,7 +44,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as load_bytes
+from safetensors.torch import load_file
 from torch import nn
+from torch.nn.modules import module as nn_module
 from torch.overrides import TorchFunctionMode
 from torch.utils._device import _device_constructors  # the factories `with torch.device(...)` redirects
 
@@ -264,10 +268,9 @@ def _registrations(limit: int) -> Iterator[list[int]]:
         if tally[0] > limit:
             raise _TooManyRegistrations
 
-    from torch.nn.modules import module as m
-
-    handles = [m.register_module_parameter_registration_hook(hook), m.register_module_buffer_registration_hook(hook),
-               m.register_module_module_registration_hook(hook)]
+    handles = [nn_module.register_module_parameter_registration_hook(hook),
+               nn_module.register_module_buffer_registration_hook(hook),
+               nn_module.register_module_module_registration_hook(hook)]
     try:
         yield tally
     finally:
@@ -442,10 +445,8 @@ def read_checkpoint(path: Path) -> tuple[str, dict[str, Any], dict[str, torch.Te
     return class_path, _clean_init_args(hparams, str(path)), _check_state_dict(ckpt["state_dict"], str(path))
 
 
-def _load_safetensors(path: Path, map_location: str | torch.device) -> nn.Module:
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
+def load_safetensors(path: Path, map_location: str | torch.device) -> nn.Module:
+    """The model in a released ``.safetensors`` file (metadata checked before any tensor is read)."""
     try:  # the header only: no tensor is read before the metadata is checked
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -463,9 +464,7 @@ def _load_safetensors(path: Path, map_location: str | torch.device) -> nn.Module
 
 
 def _load_safetensors_bytes(data: bytes, source: str, map_location: str | torch.device) -> nn.Module:
-    """Like :func:`_load_safetensors` on bytes already read (and hash-checked) once."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load as load_bytes
+    """Like :func:`load_safetensors` on bytes already read (and hash-checked) once."""
 
     n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
     try:
@@ -506,7 +505,7 @@ def load_path(path: str | os.PathLike[str], map_location: str | torch.device = "
     if not p.is_file():
         raise FileNotFoundError(f"name_or_path: no such file {str(p)!r}")
     if p.suffix == SAFETENSORS_SUFFIX:
-        return _load_safetensors(p, map_location)
+        return load_safetensors(p, map_location)
     if p.suffix in CKPT_SUFFIXES:
         class_path, init_args, state_dict = read_checkpoint(p)
         return build_model(class_path, init_args, state_dict, str(p), map_location)

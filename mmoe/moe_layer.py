@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -14,10 +14,21 @@ from mmoe.experts import ACTIVATIONS, Experts
 from mmoe.kernels import BACKENDS, backend_ops
 from mmoe.kernels.reference import expert_counts
 from mmoe.routers import ExpertChoiceRouter, Routing, SoftRouter, build_router, routing_entropy_loss
-from mmoe.stats import RoutingStats
+from mmoe.stats import RoutingStats, modality_counts
 from mmoe.validation import check_choice, check_ids, check_number, check_positive_int, check_tensor
 
 CAPACITY_MODES = ("macs", "static", "macs_output", "macs_paper")
+
+
+class ExpertExchange(Protocol):
+    """The seam where expert-parallel dispatch differs from the local one: an object set as
+    ``layer.expert_parallel`` (:class:`mmoe.parallel.ExpertParallel`) runs the layer's pair-based
+    forward with its experts sharded over a process group. The layer never imports it."""
+
+    def sparse_forward(self, layer: MoELayer, xt: torch.Tensor, num_samples: int,
+                       modality: torch.Tensor | None) -> torch.Tensor:
+        """``y [T, dim]`` for the tokens ``xt [T, dim]``; sets the layer's aux_loss and stats."""
+        ...
 
 
 class MoELayer(nn.Module):
@@ -126,7 +137,7 @@ class MoELayer(nn.Module):
         # (pair_token, kept pair_expert with E for not computed, tokens per sample) of the last forward
         self.last_assignment: tuple[torch.Tensor, torch.Tensor, int] | None = None
         # set by mmoe.parallel.shard_experts: this rank keeps a shard of the experts
-        self.expert_parallel: Any = None
+        self.expert_parallel: ExpertExchange | None = None
 
     def class_load(self, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
         """Computed pairs per (class, expert) ``[num_classes, E]`` in the last forward.
@@ -213,9 +224,7 @@ class MoELayer(nn.Module):
 
     def _sparse_forward(self, xt: torch.Tensor, num_samples: int, mod: torch.Tensor | None) -> torch.Tensor:
         if self.expert_parallel is not None:
-            from mmoe.parallel import sparse_forward
-
-            return sparse_forward(self, xt, num_samples, mod)
+            return self.expert_parallel.sparse_forward(self, xt, num_samples, mod)
         T, E = xt.shape[0], self.num_experts
         ops = backend_ops(self.backend, xt.device)
         expert_choice = isinstance(self.router, ExpertChoiceRouter)
@@ -271,35 +280,24 @@ class MoELayer(nn.Module):
 
     def _sparse_stats(self, r: Routing, keep: torch.Tensor, offsets: torch.Tensor, T: int,
                       mod: torch.Tensor | None, capacity: int | None, expert_choice: bool) -> RoutingStats:
-        E, M = self.num_experts, self.num_modalities
-        mod = self._modality_ids(T, mod, r.pair_token.device)
-        kept_expert = torch.where(keep, r.pair_expert, E)
-        pair_mod = mod[r.pair_token]
-        per_mod = torch.zeros(M * (E + 1), dtype=torch.long, device=mod.device)
-        per_mod.index_add_(0, pair_mod * (E + 1) + kept_expert, torch.ones_like(kept_expert))
-        tokens_per_modality = torch.zeros(M, dtype=torch.long, device=mod.device).index_add_(0, mod, torch.ones_like(mod))
-        if expert_choice:  # a token no expert took is the drop of expert choice
-            covered = torch.zeros(T, dtype=torch.long, device=mod.device).index_add_(
-                0, r.pair_token, torch.ones_like(r.pair_token))
-            dropped_tok = (covered == 0).long()
-        else:
-            dropped_pair = ((r.pair_expert < E) & ~keep).long()
-            dropped_tok = torch.zeros(T, dtype=torch.long, device=mod.device).index_add_(0, r.pair_token, dropped_pair)
-        dropped = torch.zeros(M, dtype=torch.long, device=mod.device).index_add_(0, mod, dropped_tok)
+        E = self.num_experts
+        counts = modality_counts(r.pair_token, r.pair_expert, keep, mod, T, E, self.num_modalities, expert_choice)
         kept = offsets.diff()
         return RoutingStats(
             tokens_per_expert=kept,
             routed_per_expert=expert_counts(r.pair_expert, E),
-            tokens_per_expert_per_modality=per_mod.view(M, E + 1)[:, :E],
-            dropped_per_modality=dropped,
-            tokens_per_modality=tokens_per_modality,
+            tokens_per_expert_per_modality=counts.per_modality,
+            dropped_per_modality=counts.dropped_per_modality,
+            tokens_per_modality=counts.tokens_per_modality,
             router_entropy=_entropy(r.token_probs),
-            dead_experts=self._dead_experts(kept),
+            dead_experts=self.update_dead_experts(kept),
             capacity=capacity,
             extra=dict(r.extra_stats),
         )
 
-    def _dead_experts(self, load: torch.Tensor) -> torch.Tensor:
+    def update_dead_experts(self, load: torch.Tensor) -> torch.Tensor:
+        """Advance the idle counters with this forward's per-expert ``load [E]`` (training only) and
+        return the number of dead experts; the expert-parallel forward calls it with the global load."""
         if self.training:
             self.idle_steps.copy_(torch.where(load > 0, 0, self.idle_steps + 1))
         return (self.idle_steps >= self.dead_window).sum()
@@ -339,7 +337,7 @@ class MoELayer(nn.Module):
                 tokens_per_modality=torch.zeros(self.num_modalities, dtype=torch.long, device=x.device).index_add_(
                     0, mod_ids, torch.ones_like(mod_ids)),
                 router_entropy=_entropy(expert_mass),
-                dead_experts=self._dead_experts(load),
+                dead_experts=self.update_dead_experts(load),
                 capacity=None,
             )
         return y
@@ -350,3 +348,24 @@ def _entropy(probs: torch.Tensor) -> torch.Tensor:
         return probs.new_zeros(())
     p = probs.float().clamp_min(1e-12)
     return -(p * p.log()).sum(-1).mean()
+
+
+class MoEOutputs(NamedTuple):
+    aux_loss: torch.Tensor
+    stats: dict[str, RoutingStats]
+
+
+def collect_moe(model: nn.Module) -> MoEOutputs:
+    """Sum of ``aux_loss`` and the ``stats`` of every MoE layer in ``model``, keyed by module name."""
+    losses, stats = [], {}
+    for name, module in model.named_modules():
+        if isinstance(module, MoELayer) and module.aux_loss is not None:
+            losses.append(module.aux_loss)
+            if module.stats is not None:
+                stats[name] = module.stats
+    if losses:
+        total = torch.stack([loss.float() for loss in losses]).sum()
+    else:
+        p = next(model.parameters(), None)
+        total = torch.zeros((), device=p.device if p is not None else None)
+    return MoEOutputs(total, stats)

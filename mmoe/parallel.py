@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from lightning.fabric.utilities.optimizer import _optimizers_to_device
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
@@ -58,7 +59,7 @@ from mmoe.kernels import backend_ops
 from mmoe.kernels.reference import expert_counts
 from mmoe.moe_layer import MoELayer
 from mmoe.routers import ExpertChoiceRouter, Routing, SigmoidRouter, SoftRouter
-from mmoe.stats import RoutingStats
+from mmoe.stats import RoutingStats, modality_counts
 
 __all__ = [
     "AllToAll",
@@ -91,6 +92,11 @@ class ExpertParallel:
     @property
     def first(self) -> int:
         return self.rank * self.num_local
+
+    def sparse_forward(self, layer: MoELayer, xt: torch.Tensor, num_samples: int,
+                       modality: torch.Tensor | None) -> torch.Tensor:
+        """:class:`mmoe.moe_layer.ExpertExchange`: the layer's pair-based forward over this group."""
+        return sparse_forward(layer, xt, num_samples, modality)
 
 
 # ------------------------------------------------------------------------------ exchange
@@ -392,23 +398,14 @@ def _stats(layer: MoELayer, r: Routing, keep: torch.Tensor, kept_expert: torch.T
            mod: torch.Tensor | None, capacity: int | None, expert_choice: bool, group: Any) -> RoutingStats:
     E, M = layer.num_experts, layer.num_modalities
     device = r.pair_token.device
-    mod = layer._modality_ids(T, mod, device)
-    per_mod = torch.zeros(M * (E + 1), dtype=torch.long, device=device)
-    per_mod.index_add_(0, mod[r.pair_token] * (E + 1) + kept_expert, torch.ones_like(kept_expert))
-    tokens_per_modality = torch.zeros(M, dtype=torch.long, device=device).index_add_(0, mod, torch.ones_like(mod))
-    if expert_choice:
-        covered = torch.zeros(T, dtype=torch.long, device=device).index_add_(0, r.pair_token,
-                                                                             torch.ones_like(r.pair_token))
-        dropped_tok = (covered == 0).long()
-    else:
-        dropped_pair = ((r.pair_expert < E) & ~keep).long()
-        dropped_tok = torch.zeros(T, dtype=torch.long, device=device).index_add_(0, r.pair_token, dropped_pair)
-    dropped = torch.zeros(M, dtype=torch.long, device=device).index_add_(0, mod, dropped_tok)
+    # the same counts as the local layer, on this rank's pairs, then summed over the group
+    counts = modality_counts(r.pair_token, r.pair_expert, keep, mod, T, E, M, expert_choice)
     kept = expert_counts(kept_expert, E)
     routed = expert_counts(r.pair_expert, E)
-    ints = torch.cat([kept, routed, per_mod, tokens_per_modality, dropped])
+    ints = torch.cat([kept, routed, counts.per_modality.reshape(-1), counts.tokens_per_modality,
+                      counts.dropped_per_modality])
     dist.all_reduce(ints, group=group)
-    kept, routed, per_mod, tokens_per_modality, dropped = ints.split([E, E, M * (E + 1), M, M])
+    kept, routed, per_mod, tokens_per_modality, dropped = ints.split([E, E, M * E, M, M])
     p = r.token_probs.float().clamp_min(1e-12)
     names = sorted(r.extra_stats)
     floats = torch.stack([-(p * p.log()).sum(), torch.tensor(float(T), device=device),
@@ -423,11 +420,11 @@ def _stats(layer: MoELayer, r: Routing, keep: torch.Tensor, kept_expert: torch.T
     return RoutingStats(
         tokens_per_expert=kept,
         routed_per_expert=routed,
-        tokens_per_expert_per_modality=per_mod.view(M, E + 1)[:, :E],
+        tokens_per_expert_per_modality=per_mod.view(M, E),
         dropped_per_modality=dropped,
         tokens_per_modality=tokens_per_modality,
         router_entropy=entropy,
-        dead_experts=layer._dead_experts(kept),
+        dead_experts=layer.update_dead_experts(kept),
         capacity=capacity,
         extra=extra,
     )
@@ -514,8 +511,6 @@ class ExpertParallelStrategy(DDPStrategy):
 
         self.precision_plugin.clip_grad_by_norm = clip_grad_by_norm
         if fitting:
-            from lightning.fabric.utilities.optimizer import _optimizers_to_device
-
             _optimizers_to_device(self.optimizers, self.root_device)
 
     def lightning_module_state_dict(self) -> dict[str, Any]:

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
 
 @dataclass
@@ -57,24 +56,36 @@ class RoutingStats:
         return out
 
 
-class MoEOutputs(NamedTuple):
-    aux_loss: torch.Tensor
-    stats: dict[str, RoutingStats]
+class ModalityCounts(NamedTuple):
+    """Per-modality counts of one routing decision (see :func:`modality_counts`)."""
+
+    per_modality: torch.Tensor  # [M, E] computed pairs per (modality, expert)
+    tokens_per_modality: torch.Tensor  # [M]
+    dropped_per_modality: torch.Tensor  # [M]
 
 
-def collect_moe(model: nn.Module) -> MoEOutputs:
-    """Sum of ``aux_loss`` and the ``stats`` of every MoE layer in ``model``, keyed by module name."""
-    from mmoe.moe_layer import MoELayer
+def modality_counts(pair_token: torch.Tensor, pair_expert: torch.Tensor, keep: torch.Tensor,
+                    modality: torch.Tensor | None, num_tokens: int, num_experts: int, num_modalities: int,
+                    expert_choice: bool) -> ModalityCounts:
+    """The per-modality counts of :class:`RoutingStats` from a pair-based routing decision, for the
+    local layer and (before its all-reduce) the expert-parallel one alike.
 
-    losses, stats = [], {}
-    for name, module in model.named_modules():
-        if isinstance(module, MoELayer) and module.aux_loss is not None:
-            losses.append(module.aux_loss)
-            if module.stats is not None:
-                stats[name] = module.stats
-    if losses:
-        total = torch.stack([loss.float() for loss in losses]).sum()
+    ``pair_expert`` holds ``num_experts`` for a pair the router pruned; ``keep`` marks the pairs
+    capacity kept; ``modality`` is None for one modality. A dropped pair counts once per pair;
+    for expert choice a token no expert took counts once.
+    """
+    E, M, T = num_experts, num_modalities, num_tokens
+    device = pair_token.device
+    mod = modality if modality is not None else torch.zeros(T, dtype=torch.long, device=device)
+    kept_expert = torch.where(keep, pair_expert, E)
+    per_mod = torch.zeros(M * (E + 1), dtype=torch.long, device=device)
+    per_mod.index_add_(0, mod[pair_token] * (E + 1) + kept_expert, torch.ones_like(kept_expert))
+    tokens = torch.zeros(M, dtype=torch.long, device=device).index_add_(0, mod, torch.ones_like(mod))
+    if expert_choice:  # a token no expert took is the drop of expert choice
+        covered = torch.zeros(T, dtype=torch.long, device=device).index_add_(0, pair_token, torch.ones_like(pair_token))
+        dropped_tok = (covered == 0).long()
     else:
-        p = next(model.parameters(), None)
-        total = torch.zeros((), device=p.device if p is not None else None)
-    return MoEOutputs(total, stats)
+        dropped_pair = ((pair_expert < E) & ~keep).long()
+        dropped_tok = torch.zeros(T, dtype=torch.long, device=device).index_add_(0, pair_token, dropped_pair)
+    dropped = torch.zeros(M, dtype=torch.long, device=device).index_add_(0, mod, dropped_tok)
+    return ModalityCounts(per_mod.view(M, E + 1)[:, :E], tokens, dropped)

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 import mmoe.configs
 from mmoe import zoo
-from mmoe.loading import _load_safetensors, build_model, read_checkpoint
+from mmoe.loading import build_model, load_safetensors, read_checkpoint
 from mmoe.version import __version__
 
 EPILOG = (
@@ -75,8 +76,6 @@ def export_checkpoint(
     ``dtype`` (float32, float16 or bfloat16) is the storage type of floating-point tensors;
     loading casts them back to the model's parameter type.
     """
-    from safetensors.torch import save_file
-
     if not zoo.NAME_RE.fullmatch(name):
         raise _BadInput(f"--name: expected letters, digits, '.', '_' or '-' (not first), got {name!r}")
     if not task.strip():
@@ -116,7 +115,7 @@ def export_checkpoint(
     try:
         save_file(tensors, tmp, metadata=meta)
         os.chmod(tmp, zoo.FILE_MODE)  # mkstemp makes it private; published weights are world-readable
-        _load_safetensors(Path(tmp), "cpu")  # it must load back before it is published
+        load_safetensors(Path(tmp), "cpu")  # it must load back before it is published
         row = {
             "name": name, "task": task, "config": cfg.as_posix(), "file": dest.name,
             "sha256": zoo.file_sha256(Path(tmp)), "size_bytes": Path(tmp).stat().st_size,

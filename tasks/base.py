@@ -38,9 +38,8 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from mmoe.moe_layer import MoELayer
+from mmoe.moe_layer import MoELayer, collect_moe
 from mmoe.settings import MoESettings, as_moe_settings
-from mmoe.stats import collect_moe
 
 SPLITS = ("train", "val", "test")
 #: module types whose parameters are never weight-decayed (normalisation layers, lookup tables)
