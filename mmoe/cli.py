@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningDataModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -251,6 +251,12 @@ class MMoECLI(LightningCLI):
             best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if subcommand == "predict" and kwargs.get("return_predictions") is None:
+            kwargs["return_predictions"] = False  # the writer has them on disk; memory stays flat
+        return kwargs
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         trainer_cfg = config["trainer"]
@@ -268,6 +274,10 @@ class MMoECLI(LightningCLI):
             monitor, mode = (model.monitor, model.mode) if isinstance(model, BaseMoETask) else ("val/loss", "min")
             callbacks.append(ModelCheckpoint(monitor=monitor, mode=mode, save_last=True, filename="best"))
         callbacks.append(RecipeCheck())
+        writer = getattr(model, "prediction_writer", None)
+        if self.subcommand == "predict" and writer is not None \
+                and not any(isinstance(c, BasePredictionWriter) for c in callbacks):
+            callbacks.append(writer())
         kwargs["callbacks"] = callbacks
         # every checkpoint the CLI reads (local or http) is read with weights_only=True
         plugins = trainer_cfg.get("plugins") or []

@@ -113,6 +113,8 @@ class BaseMoETask(LightningModule):
     #: the hparam holding O, the weight of the task's supervised (oracle) routing loss, e.g.
     #: ``"family_loss_weight"``; None: no such loss (O = 0)
     oracle_weight_hparam: str | None = None
+    #: the writer ``mmoe predict`` attaches (a :class:`mmoe.prediction.PredictionWriter` subclass)
+    prediction_writer: type | None = None
     #: training steps of E / dead-expert history kept per layer for the routing figure (thinned beyond)
     ecology_history_size: int = 4096
 
@@ -497,6 +499,15 @@ class BaseMoETask(LightningModule):
                 raise ValueError(f"predict: the model produced NaN or inf ({key}); the input is outside the range "
                                  "the model can handle (check its scale and dtype)")
         return self.finish_outputs(output, context)
+
+    def predict_step(self, batch: list[dict[str, Any]], batch_idx: int = 0, dataloader_idx: int = 0
+                     ) -> list[dict[str, Any]]:
+        """``mmoe predict``: :meth:`predict` on each predict item of the batch (see
+        :mod:`mmoe.prediction`); returns the items with their ``result``."""
+        if not isinstance(batch, list) or not all(isinstance(b, dict) and "inputs" in b for b in batch):
+            raise TypeError(f"{type(self).__name__}.predict_step: expected predict items from the datamodule's "
+                            f"predict_dataloader (mmoe.prediction.predict_loader), got {type(batch).__name__}")
+        return [{**item, "result": self.predict(**item["inputs"])} for item in batch]
 
     # -------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

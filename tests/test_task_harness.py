@@ -17,6 +17,7 @@ import mmoe
 from mmoe.cli import cli_main
 from mmoe.tasks import TASKS
 from mmoe.zoo_cli import export_checkpoint
+from predict_files import check_written, make_inputs
 
 CONF = Path(__file__).parent / "conf"
 CONFIGS = sorted(CONF.glob("*.yaml"))
@@ -83,12 +84,19 @@ def test_task_lifecycle(conf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     # the CLI's own test and predict read the checkpoint back
     tested = cli_main(["test", "--config", str(config), "--run_dir", str(tmp_path / "runs"), "--ckpt_path", str(best)])
     assert harness["test_metric"] in tested.trainer.callback_metrics
+    # mmoe predict writes what a user opens: on two test-split items, then on the user's own files
     predicted = cli_main(["predict", "--config", str(config), "--run_dir", str(tmp_path / "runs"),
-                          "--ckpt_path", str(best)])
-    assert predicted.trainer.predict_loop.predictions
+                          "--ckpt_path", "best", "--trainer.limit_predict_batches", "2"])
+    written = Path(predicted.trainer.log_dir) / "predictions"
+    assert written.is_dir() and any(written.iterdir()), "predict on the test split wrote nothing"
+    inputs = tmp_path / "inputs"
+    names = make_inputs(conf.stem, inputs, np.random.default_rng(1))
+    predicted = cli_main(["predict", "--config", str(config), "--run_dir", str(tmp_path / "runs"),
+                          "--ckpt_path", str(best), "--data.init_args.predict_path", str(inputs)])
+    from_ckpt = mmoe.load(str(best))
+    check_written(conf.stem, Path(predicted.trainer.log_dir) / "predictions", inputs, names, from_ckpt)
 
     args = materialise(harness["predict"], np.random.default_rng(0))
-    from_ckpt = mmoe.load(str(best))
     expected = from_ckpt.predict(**args)
 
     zoo_dir = tmp_path / "zoo"

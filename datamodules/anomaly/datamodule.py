@@ -41,6 +41,8 @@ from mmoe.datamodules.anomaly import bmad, sources
 from mmoe.datamodules.anomaly.lesions import simulate_lesion
 from mmoe.datamodules.anomaly.preprocess import AnomalyPreprocess
 from mmoe.datamodules.anomaly.pseudo import KINDS, synthesize
+from mmoe.inputs.image import DICOM_SUFFIXES, IMAGE_SUFFIXES, NIFTI_SUFFIXES
+from mmoe.prediction import PredictItems, list_inputs, predict_loader, split_items
 from mmoe.sampling import EpochSampler
 from mmoe.validation import check_choice, check_positive_int
 
@@ -88,6 +90,12 @@ class Item:
 
     def load(self) -> np.ndarray:
         return self.image if self.image is not None else bmad.read_image(self.path)
+
+
+def _is_dicom_series(folder: Path) -> bool:
+    """A folder holding DICOM files (one series) is one predict input."""
+    with os.scandir(folder) as entries:
+        return any(e.name.lower().endswith(DICOM_SUFFIXES) for e in entries)
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -211,6 +219,8 @@ class AnomalyDataModule(LightningDataModule):
         seed: seeds the training samples (evaluation samples have fixed seeds).
         reference_images: at most this many normal training images per modality (evenly spaced, each
             also mirrored) in :meth:`reference_dataloader`, which fills the model's feature bank.
+        predict_path: ``mmoe predict``'s input: an image (PNG/JPEG/BMP/TIFF), DICOM or NIfTI file, a DICOM
+            series folder, or a folder of those; None: the images of the test split.
     """
 
     def __init__(
@@ -224,6 +234,7 @@ class AnomalyDataModule(LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         reference_images: int = 64,
+        predict_path: str | None = None,
     ) -> None:
         super().__init__()
         check_choice("dataset", dataset, DATASETS)
@@ -336,4 +347,11 @@ class AnomalyDataModule(LightningDataModule):
         return self._loader(self.reference_dataset)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        if self.hparams.predict_path is not None:
+            files = list_inputs(self.hparams.predict_path, IMAGE_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES,
+                                folders=_is_dicom_series)
+            return predict_loader(PredictItems([n for n, _ in files], lambda i: {"images": str(files[i][1])}))
+        self.setup()
+        names = self.modality_names
+        return predict_loader(split_items(
+            self.test_dataset, lambda s: {"images": s["image"], "modality": names[int(s["modality"])]}, self.test_names))

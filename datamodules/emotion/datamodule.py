@@ -10,16 +10,20 @@ conversation. A batch holds ``batch_size`` conversations in the layout of
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
+
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from mmoe.datamodules.emotion import predict_files
 from mmoe.datamodules.emotion.conversation import SAMPLE_RATE, collate_conversations
 from mmoe.datamodules.emotion.preprocess import EmotionPreprocess
 from mmoe.datamodules.emotion.readers import IEMOCAP_CLASSES, MELD_CLASSES, read_iemocap, read_meld
 from mmoe.datamodules.emotion.synthetic import CLASSES, UTTERANCE_TYPES, generate_conversations
 from mmoe.inputs.audio import pcm_to_float
+from mmoe.prediction import PredictItems, list_inputs, predict_loader, split_items
 from mmoe.validation import check_choice, check_positive_int
 
 DATASETS = ("synthetic", "iemocap", "meld")
@@ -70,6 +74,8 @@ class EmotionDataModule(LightningDataModule):
         context_length: text tokens per utterance (open_clip BPE, start/end included).
         batch_size: conversations per batch. num_workers: DataLoader workers. seed: generation
             and split seed.
+        predict_path: ``mmoe predict``'s input: a conversation file (``.txt``, ``.json``, or audio: see
+            :mod:`mmoe.datamodules.emotion.predict_files`) or a folder of them; None: the test split.
     """
 
     def __init__(
@@ -88,6 +94,7 @@ class EmotionDataModule(LightningDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         seed: int = 0,
+        predict_path: str | None = None,
     ) -> None:
         super().__init__()
         check_choice("dataset", dataset, DATASETS)
@@ -174,5 +181,14 @@ class EmotionDataModule(LightningDataModule):
         return self._loader("test", False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        if self.hparams.predict_path is not None:
+            files = list_inputs(self.hparams.predict_path, predict_files.SUFFIXES)
+            return predict_loader(PredictItems([n for n, _ in files],
+                                               lambda i: predict_files.read_conversation(files[i][1])))
+
+        def inputs(conversation: list[dict]) -> dict[str, Any]:
+            keep = ("text", "audio", "sample_rate")
+            return {"conversation": [{k: u[k] for k in keep if u.get(k) is not None} for u in conversation]}
+
+        return predict_loader(split_items(self.split_dataset("test"), inputs))
 

@@ -50,9 +50,11 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from mmoe.datamodules.pde import predict_files
 from mmoe.datamodules.pde import solvers as S
 from mmoe.datamodules.pde.preprocess import (EMBEDDED_PARAMETER_RANGES as RANGES, FAMILY_PARAMETERS,
                                              PDEPreprocess, encode_parameter)
+from mmoe.prediction import PredictItems, list_inputs, predict_loader, split_items
 
 FAMILIES: dict[int, tuple[str, ...]] = {2: ("darcy", "heat", "advection", "allen_cahn"), 1: ("burgers",)}
 IN_CHANNELS: dict[int, int] = {2: 5, 1: 2}
@@ -343,6 +345,8 @@ class PDEDataModule(pl.LightningDataModule):
         seed: seeds generation and splits.
         cache_dir: where generated files live; default ``$MMOE_HOME/data/pde``.
         target_time_index: PDEBench 1D time index used as the target (default the last).
+        predict_path: ``mmoe predict``'s input: an ``.npz``/``.npy`` file or a folder of them
+            (:mod:`mmoe.datamodules.pde.predict_files`); None: the inputs of the test split.
 
     Attributes ``family_names``, ``in_channels`` and ``out_channels`` are set at
     construction; ``normalization`` (family -> input/target scales) after :meth:`setup`.
@@ -363,6 +367,7 @@ class PDEDataModule(pl.LightningDataModule):
         seed: int = 0,
         cache_dir: str | None = None,
         target_time_index: int = -1,
+        predict_path: str | None = None,
     ) -> None:
         super().__init__()
         dim = spatial_dims
@@ -495,4 +500,15 @@ class PDEDataModule(pl.LightningDataModule):
         return self._loader(self.test_dataset, False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, False)
+        if self.hparams.predict_path is not None:
+            files = list_inputs(self.hparams.predict_path, predict_files.SUFFIXES)
+            return predict_loader(PredictItems([n for n, _ in files], lambda i: predict_files.read_field_file(files[i][1])))
+        if self.test_dataset is None:
+            self.setup("test")
+        names = self.family_names
+
+        def inputs(sample: dict[str, Any]) -> dict[str, Any]:
+            fid = int(sample["family"])
+            return {"field": sample["input"][None], "family": names[fid] if 0 <= fid < len(names) else None}
+
+        return predict_loader(split_items(self.test_dataset, inputs))

@@ -45,6 +45,8 @@ from mmoe.datamodules.restoration.readers import (
     read_promptir_test,
     read_promptir_train,
 )
+from mmoe.inputs.image import IMAGE_SUFFIXES
+from mmoe.prediction import PredictItems, list_inputs, predict_loader, split_items
 from mmoe.sampling import EpochSampler
 from mmoe.validation import check_choice, check_number, check_positive_int
 
@@ -248,6 +250,8 @@ class RestorationDataModule(LightningDataModule):
         val_samples: number of fixed validation crops.
         val_images: clean images per degradation held out of the real training data for
             validation (``promptir``, and ``paired`` without ``root/val``).
+        predict_path: ``mmoe predict``'s input: an image file (PNG/JPEG/BMP/TIFF) or a folder of them;
+            None: the degraded images of the test split.
     """
 
     def __init__(
@@ -264,6 +268,7 @@ class RestorationDataModule(LightningDataModule):
         noise_sigma: float | None = None,
         val_samples: int = 60,
         val_images: int = 1,
+        predict_path: str | None = None,
     ) -> None:
         super().__init__()
         check_choice("dataset", dataset, DATASETS)
@@ -394,4 +399,7 @@ class RestorationDataModule(LightningDataModule):
         return self._loader(self.test_dataset, 1)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        if self.hparams.predict_path is not None:
+            files = list_inputs(self.hparams.predict_path, IMAGE_SUFFIXES)
+            return predict_loader(PredictItems([n for n, _ in files], lambda i: {"image": str(files[i][1])}))
+        return predict_loader(split_items(self.test_dataset, lambda sample: {"image": sample["input"]}, self.test_names))

@@ -30,6 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 from mmoe.datamodules.separation import speech
 from mmoe.datamodules.separation.readers import MixtureRecord, load_record, read_librimix, read_wsj0_2mix
 from mmoe.datamodules.separation.preprocess import SeparationPreprocess
+from mmoe.inputs.audio import AUDIO_SUFFIXES
+from mmoe.prediction import PredictItems, list_inputs, predict_loader, split_items
 from mmoe.sampling import EpochSampler
 from mmoe.validation import check_choice, check_number, check_positive_int
 
@@ -171,6 +173,8 @@ class SeparationDataModule(LightningDataModule):
         seed: seeds synthesis, pairing, levels and crops.
         cache_dir: where synthesised speech is cached (default ``$MMOE_HOME/data/separation``).
         progress: show a progress bar while synthesising.
+        predict_path: ``mmoe predict``'s input: an audio file (WAV/FLAC/OGG, any rate) or a folder of
+            them; None: the mixtures of the test split.
     """
 
     def __init__(
@@ -195,6 +199,7 @@ class SeparationDataModule(LightningDataModule):
         seed: int = 0,
         cache_dir: str | None = None,
         progress: bool = True,
+        predict_path: str | None = None,
     ) -> None:
         super().__init__()
         check_choice("dataset", dataset, DATASETS)
@@ -282,4 +287,9 @@ class SeparationDataModule(LightningDataModule):
         return DataLoader(self.test_set, batch_size=1, num_workers=self.hparams.num_workers)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        if self.hparams.predict_path is not None:
+            files = list_inputs(self.hparams.predict_path, AUDIO_SUFFIXES)
+            return predict_loader(PredictItems([n for n, _ in files], lambda i: {"audio": str(files[i][1])}))
+        self.setup("predict")
+        rate = self.hparams.sample_rate
+        return predict_loader(split_items(self.test_set, lambda s: {"audio": s["mixture"].numpy(), "sample_rate": rate}))

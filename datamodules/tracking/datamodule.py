@@ -48,11 +48,12 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from mmoe.datamodules.tracking import readers
+from mmoe.datamodules.tracking import predict_files, readers
 from mmoe.datamodules.tracking.crops import crop_around
 from mmoe.datamodules.tracking.preprocess import TrackingPreprocess
 from mmoe.datamodules.tracking.synthetic import ATTRIBUTES, MODALITIES, render_sequence
-from mmoe.inputs.video import image_size, read_image
+from mmoe.inputs.video import VIDEO_EXTENSIONS, image_size, read_image
+from mmoe.prediction import PredictItems, list_inputs, predict_loader, split_items
 from mmoe.sampling import EpochSampler
 from mmoe.validation import check_choice, check_number, check_positive_int
 
@@ -279,6 +280,9 @@ class TrackingDataModule(LightningDataModule):
         batch_size: training batch size.
         num_workers: DataLoader workers.
         seed: seeds the training sequences and pairs.
+        predict_path: ``mmoe predict``'s input: one sequence (a video with its first box beside it, or a
+            frame folder with ``init_box.txt``; :mod:`mmoe.datamodules.tracking.predict_files`) or a folder of
+            them; None: the sequences of the test split.
     """
 
     def __init__(
@@ -304,6 +308,7 @@ class TrackingDataModule(LightningDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         seed: int = 0,
+        predict_path: str | None = None,
     ) -> None:
         super().__init__()
         check_choice("dataset", dataset, DATASETS)
@@ -399,4 +404,16 @@ class TrackingDataModule(LightningDataModule):
         return self._sequences(self.test_dataset)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        if self.hparams.predict_path is not None:
+            seqs = list_inputs(self.hparams.predict_path, VIDEO_EXTENSIONS, folders=predict_files.is_sequence_folder)
+            return predict_loader(PredictItems([n for n, _ in seqs], lambda i: predict_files.read_sequence(seqs[i][1])))
+        self.setup("test")
+
+        def inputs(item: dict[str, Any]) -> dict[str, Any]:
+            out = {"frames": item["frames"].numpy(), "init_box": item["boxes"][0].tolist()}
+            if "x" in item:
+                out.update(x_frames=item["x"].numpy(), modality=item["modality"])
+            return out
+
+        names = [s.name for s in self.test_dataset.sequences]
+        return predict_loader(split_items(self.test_dataset, inputs, names))

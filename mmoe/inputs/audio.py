@@ -36,6 +36,7 @@ MAX_SAMPLE_RATE = 384_000
 MAX_AUDIO_SAMPLES = 2**28  # 1 GiB as float32: about 4.6 hours of 16 kHz mono
 MAX_CHANNELS = 8  # 7.1 audio; a 2-D input [L, c] with c <= this and L > c is channels-last
 AUDIO_FORMATS = ("WAV", "WAVEX", "FLAC", "OGG")  # soundfile's names of the containers accepted
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")  # the file endings of those containers
 # torchaudio builds a [new, orig + 2 * width] sinc kernel of the gcd-reduced rates: rates sharing no large
 # factor (383999 -> 16000 Hz) would need 6e9 entries; this caps it at 32 MiB per float64 temporary
 MAX_RESAMPLE_KERNEL = 2**22

@@ -12,6 +12,7 @@ from mmoe.datamodules.anomaly.preprocess import AnomalyPreprocess
 from mmoe.tasks.anomaly.io import check_decision, finish_maps, prepare_images
 from mmoe.tasks.anomaly.metrics import AnomalyMetrics
 from mmoe.tasks.anomaly.model import ANOMALY_MOE, DEFAULT_FPR, DEFAULT_PIXEL_FPR, PROXY_TASKS, ProxyTaskMoE
+from mmoe.tasks.anomaly.writer import AnomalyWriter
 from mmoe.settings import MoESettings, upgrade_legacy_moe
 from mmoe.tasks.base import BaseMoETask
 from mmoe.validation import check_number, check_positive_int
@@ -57,6 +58,7 @@ class AnomalyTask(BaseMoETask):
 
     monitor = "val/loss"
     mode = "min"
+    prediction_writer = AnomalyWriter
     preprocess_class = AnomalyPreprocess
     default_moe = ANOMALY_MOE
     router_context = ("task_ids",)

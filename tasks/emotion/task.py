@@ -17,6 +17,7 @@ from mmoe.settings import MoESettings, upgrade_legacy_moe
 from mmoe.tasks.base import BaseMoETask, as_config
 from mmoe.tasks.emotion.io import finish_conversation, prepare_conversation
 from mmoe.tasks.emotion.model import SENTENCE_ENCODER, ConversationEmotionModel
+from mmoe.tasks.emotion.writer import EmotionWriter
 from mmoe.validation import check_choice, check_positive_int
 
 MODALITIES = ("speech", "text")
@@ -62,6 +63,7 @@ class EmotionTask(BaseMoETask):
 
     monitor = "val/weighted_f1"
     mode = "max"
+    prediction_writer = EmotionWriter
     preprocess_class = EmotionPreprocess
     #: arguments that make the model read files or the network: never taken from a weights file
     load_forbidden_args = ("text_pretrained",)
@@ -276,13 +278,6 @@ class EmotionTask(BaseMoETask):
         return {**batch, "has_audio": has_audio & ~(drop & speech), "has_text": has_text & ~(drop & ~speech)}
 
     # ------------------------------------------------------------------ inference
-    def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, torch.Tensor]:
-        """``mmoe predict``: class probabilities and gate weights of the batch's utterances
-        (rows in conversation-major order, see ``utterance_index``)."""
-        out = self(batch)
-        return {"probabilities": torch.softmax(out["logits"].float(), -1), "gate": out["gate"],
-                "utterance_index": batch["utterance_index"]}
-
     def predict(self, conversation: list[dict | str] | str) -> list[dict[str, Any]]:
         """Emotion of every utterance of ``conversation``, in order.
 

@@ -16,6 +16,7 @@ from mmoe.datamodules.pde.preprocess import PERIODIC_FAMILIES, PDEPreprocess
 from mmoe.tasks.pde.io import finish_field, prepare_field
 from mmoe.tasks.pde.metrics import RelativeL2
 from mmoe.tasks.pde.model import NestedMoEOperator
+from mmoe.tasks.pde.writer import PDEWriter
 from mmoe.validation import check_choice, check_positive_int
 
 
@@ -49,6 +50,7 @@ class PDETask(BaseMoETask):
 
     monitor = "val/rel_l2"
     mode = "min"
+    prediction_writer = PDEWriter
     preprocess_class = PDEPreprocess
     default_moe = PDE_MOE
     oracle_weight_hparam = "family_loss_weight"  # the supervised-routing weight O of the ecology E = T*H/(O+B)

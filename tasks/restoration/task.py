@@ -15,6 +15,7 @@ from mmoe.tasks.base import BaseMoETask
 from mmoe.tasks.restoration.io import RestorationPreprocess, finish_image, prepare_image, reflect_pad
 from mmoe.tasks.restoration.metrics import RestorationMetrics
 from mmoe.tasks.restoration.model import RESTORATION_MOE, WaveletMoERestorer
+from mmoe.tasks.restoration.writer import RestorationWriter
 from mmoe.validation import check_choice, check_number, check_positive_int
 
 #: side of the centre crops shown in the validation figure
@@ -53,6 +54,7 @@ class RestorationTask(BaseMoETask):
 
     monitor = "val/psnr"
     mode = "max"
+    prediction_writer = RestorationWriter
     preprocess_class = RestorationPreprocess
     default_moe = RESTORATION_MOE
     oracle_weight_hparam = "degradation_loss_weight"  # the supervised-routing weight O of the ecology E = T*H/(O+B)

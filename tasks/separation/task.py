@@ -15,6 +15,7 @@ from mmoe.tasks.separation.io import SeparationPreprocess, finish_audio, prepare
 from mmoe.tasks.separation.metrics import SDRi, SISNRi, pit_si_snr
 from mmoe.tasks.separation.model import SEPARATION_MOE, TFMoESeparator
 from mmoe.tasks.separation.stream import SeparationStream
+from mmoe.tasks.separation.writer import SeparationWriter
 from mmoe.validation import check_choice, check_positive_int
 
 
@@ -45,6 +46,7 @@ class SeparationTask(BaseMoETask):
 
     monitor = "val/si_snri"
     mode = "max"
+    prediction_writer = SeparationWriter
     preprocess_class = SeparationPreprocess
     default_moe = SEPARATION_MOE
 

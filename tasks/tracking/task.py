@@ -15,6 +15,7 @@ from mmoe.tasks.tracking.io import finish_sequence, prepare_sequence
 from mmoe.tasks.tracking.metrics import NormalizedPrecision, PrecisionAt, RGBDFScore, SuccessAUC, box_iou
 from mmoe.tasks.tracking.model import TRACKING_MOE, OneStreamMoETracker, tracking_loss
 from mmoe.tasks.tracking.stream import Tracker, resolve_modality, track_sequence
+from mmoe.tasks.tracking.writer import TrackingWriter
 from mmoe.validation import check_number, check_positive_int
 
 #: frames shown in the validation strip
@@ -57,6 +58,7 @@ class TrackingTask(BaseMoETask):
 
     monitor = "val/success_auc"
     mode = "max"
+    prediction_writer = TrackingWriter
     preprocess_class = TrackingPreprocess
     default_moe = TRACKING_MOE
 
