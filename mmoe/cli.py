@@ -49,6 +49,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 import mmoe.parallel  # noqa: F401  registers --trainer.strategy ddp_expert_parallel
 from mmoe.datamodules import DATAMODULES
 from mmoe.recipes import resolve_config
+from mmoe.routing_monitor import RoutingMonitor
 from mmoe.loading import check_bounded, check_init_args, import_class, torch_load_weights_only, trusted_modules
 from mmoe.safe_checkpoint import SafeCheckpointIO
 from mmoe.tasks import TASKS
@@ -175,6 +176,8 @@ class MMoECLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, test the best checkpoint on the test split")
         parser.add_class_arguments(OptimConfig, "optim")
+        # routing statistics and figures for every task (mmoe.routing_monitor): --routing.figures false
+        parser.add_lightning_class_args(RoutingMonitor, "routing")
         parser.link_arguments("data.preprocess", "model.init_args.preprocess", apply_on="instantiate")
 
     def _resolve_ckpt_path(self, config: Any) -> None:

@@ -19,11 +19,12 @@ to treat inputs as training did; the datamodule provides it as ``datamodule.prep
 for the expert ecology ``E = T·H/(O+B)`` of every MoE layer; None: the task has none, O = 0).
 
 The training loss is the task loss plus ``aux_loss_weight`` times the sum of the aux losses
-of every MoE layer. Routing stats are accumulated per split and epoch and logged per layer
-(load shares, busiest / mean load, dead experts, router entropy, expert ecology E and the H in
-use); at validation end an experts x layers heat map with E and dead experts over the training
-steps (and an experts x class heat map) is saved as a PNG in the run folder and sent to a TensorBoard logger when one is attached. The optimizer is
-AdamW with the :class:`OptimConfig` in ``self.optim`` (the CLI's ``optim:`` section).
+of every MoE layer. Routing statistics and routing figures are kept by a
+:class:`mmoe.routing_monitor.RoutingMonitor` callback: the CLI adds one (its ``routing:``
+section), and :meth:`BaseMoETask.configure_callbacks` adds a default one to a trainer that has
+none (``log_routing=False`` turns it off). The task's own ``validation_figures()`` are saved in
+the run folder at validation end. The optimizer is AdamW with the :class:`OptimConfig` in
+``self.optim`` (the CLI's ``optim:`` section).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -39,6 +39,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from mmoe.moe_layer import MoELayer, collect_moe
+from mmoe.routing_monitor import RoutingMonitor, save_figure
 from mmoe.settings import MoESettings, as_moe_settings
 
 SPLITS = ("train", "val", "test")
@@ -98,7 +99,7 @@ class BaseMoETask(LightningModule):
 
     Args:
         aux_loss_weight: weight of the summed MoE auxiliary losses in the training loss.
-        log_routing: log routing stats and routing heat maps.
+        log_routing: keep routing statistics and figures (:class:`mmoe.routing_monitor.RoutingMonitor`).
     """
 
     monitor: str = "val/loss"
@@ -115,8 +116,6 @@ class BaseMoETask(LightningModule):
     oracle_weight_hparam: str | None = None
     #: the writer ``mmoe predict`` attaches (a :class:`mmoe.prediction.PredictionWriter` subclass)
     prediction_writer: type | None = None
-    #: training steps of E / dead-expert history kept per layer for the routing figure (thinned beyond)
-    ecology_history_size: int = 4096
 
     def __init__(self, aux_loss_weight: float = 1.0, log_routing: bool = True) -> None:
         super().__init__()
@@ -141,10 +140,6 @@ class BaseMoETask(LightningModule):
         self.sync_oracle_weight()
         self.configure_losses()
         self.configure_metrics()
-        self._routing: dict[str, dict[str, dict[str, torch.Tensor]]] = {s: {} for s in SPLITS}
-        self._class_routing: dict[str, dict[str, torch.Tensor]] = {s: {} for s in SPLITS}
-        # per MoE layer: (training step, E, dead experts) of each training step, for the routing figure
-        self._ecology_history: dict[str, list[tuple[int, float, torch.Tensor]]] = {}
 
     @classmethod
     def upgrade_init_args(cls, init_args: dict[str, Any]) -> dict[str, Any]:
@@ -241,8 +236,6 @@ class BaseMoETask(LightningModule):
                  on_step=split == "train")
         self.log(f"{split}/task_loss", task, batch_size=bs, on_epoch=True, on_step=False)
         self.log(f"{split}/aux_loss", moe.aux_loss, batch_size=bs, on_epoch=True, on_step=False)
-        if self.hparams.log_routing and not self._sanity_checking():
-            self._accumulate_routing(split, moe.stats, batch)
         return loss, output
 
     def _sanity_checking(self) -> bool:
@@ -262,9 +255,17 @@ class BaseMoETask(LightningModule):
         _, output = self._shared_step("test", batch)
         self.update_metrics("test", output, batch)
 
+    def configure_callbacks(self) -> list:
+        """A default :class:`RoutingMonitor` when the trainer has none (the CLI adds its own) and
+        ``log_routing`` is on."""
+        trainer = getattr(self, "_trainer", None)
+        if not self.hparams.log_routing or trainer is None \
+                or any(isinstance(c, RoutingMonitor) for c in trainer.callbacks):
+            return []
+        return [RoutingMonitor()]
+
     def on_train_epoch_end(self) -> None:
         self._log_metrics("train")
-        self._log_routing("train")
 
     def on_validation_epoch_end(self) -> None:
         sanity = self._sanity_checking()
@@ -272,15 +273,12 @@ class BaseMoETask(LightningModule):
         figures = self.validation_figures()  # always called: it also clears what the task collected
         if sanity:
             _close(figures)
-            self._routing["val"], self._class_routing["val"] = {}, {}
             return
         for name, fig in figures.items():
-            self._save_figure(name, fig)
-        self._log_routing("val", figures=True)
+            save_figure(getattr(self, "_trainer", None), name, fig, self.current_epoch, self.global_step)
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
-        self._log_routing("test")
 
     def _log_metrics(self, split: str, log: bool = True) -> None:
         metric = self.split_metrics(split)
@@ -298,138 +296,6 @@ class BaseMoETask(LightningModule):
             else:
                 for i, v in enumerate(value.flatten()):
                     self.log(f"{split}/{name}_{names[i] if i < len(names) else i}", v.float())
-
-    # ---------------------------------------------------------------- routing
-    def _accumulate_routing(self, split: str, stats: dict, batch: dict[str, Any]) -> None:
-        classes = self.routing_classes(batch)
-        routing, class_routing = self._routing[split], self._class_routing[split]
-        for name, s in stats.items():
-            acc = routing.setdefault(name, {})
-            for key in ("tokens_per_expert", "dropped_per_modality", "tokens_per_modality"):
-                value = getattr(s, key).detach().float()
-                acc[key] = acc[key] + value if key in acc else value
-            acc["dead_experts"] = s.dead_experts.detach().float()
-            entropy = s.router_entropy.detach().float()
-            acc["router_entropy"] = acc["router_entropy"] + entropy if "router_entropy" in acc else entropy
-            acc["batches"] = acc.get("batches", 0) + 1
-            layer = self.get_submodule(name)
-            if isinstance(layer, MoELayer):
-                acc["ecology"], acc["entropy_weight"] = layer.ecology, layer.router.entropy_weight
-                if split == "train":
-                    self._record_ecology(name, acc["ecology"], acc["dead_experts"])
-            if classes is not None and isinstance(layer, MoELayer) and layer.last_assignment is not None:
-                per_class = layer.class_load(classes, int(classes.max()) + 1 if classes.numel() else 1)
-                prev = class_routing.get(name)
-                if prev is not None:
-                    rows = max(prev.shape[0], per_class.shape[0])
-                    prev = nn.functional.pad(prev, (0, 0, 0, rows - prev.shape[0]))
-                    per_class = nn.functional.pad(per_class, (0, 0, 0, rows - per_class.shape[0])) + prev
-                class_routing[name] = per_class
-
-    def _log_routing(self, split: str, figures: bool = False) -> None:
-        routing, class_routing = self._routing[split], self._class_routing[split]
-        self._routing[split], self._class_routing[split] = {}, {}
-        if not self.hparams.log_routing or not routing:
-            return
-        for name, acc in routing.items():
-            load = acc["tokens_per_expert"]
-            frac = load / load.sum().clamp_min(1)
-            self.log(f"routing_{split}/{name}/max_over_mean_load", float(load.max() / load.mean().clamp_min(1e-12)))
-            self.log(f"routing_{split}/{name}/dead_experts", float(acc["dead_experts"]))
-            self.log(f"routing_{split}/{name}/router_entropy", float(acc["router_entropy"]) / acc["batches"])
-            if "ecology" in acc:
-                self.log(f"routing_{split}/{name}/ecology", float(acc["ecology"]))
-                self.log(f"routing_{split}/{name}/entropy_weight", float(acc["entropy_weight"]))
-            for e, f in enumerate(frac.tolist()):
-                self.log(f"routing_{split}/{name}/load_e{e}", f)
-            pairs = acc["tokens_per_modality"].clamp_min(1)
-            for m, d in enumerate((acc["dropped_per_modality"] / pairs).tolist()):
-                self.log(f"routing_{split}/{name}/drop_rate_m{m}", d)
-        if figures:
-            self._save_figure("routing_experts_x_layers", self._routing_figure(
-                {n: a["tokens_per_expert"] for n, a in routing.items()}))
-            names = self.class_names() or []
-            for name, table in class_routing.items():
-                rows = {names[c] if c < len(names) else f"class {c}": table[c] for c in range(table.shape[0])}
-                self._save_figure(f"routing_experts_x_class_{name}", self._heatmap(rows, "class"))
-
-    def _record_ecology(self, name: str, ecology: float, dead: torch.Tensor) -> None:
-        """Append this training step's (step, E, dead experts) of layer ``name``; when the history is
-        full every other point goes, so it spans the whole run at half the resolution."""
-        history = self._ecology_history.setdefault(name, [])
-        if history and history[-1][0] == self.global_step:  # gradient accumulation: one point per step
-            history[-1] = (self.global_step, ecology, dead)
-        else:
-            history.append((self.global_step, ecology, dead))
-        if len(history) > self.ecology_history_size:
-            history[:] = history[::2]
-
-    def _routing_figure(self, rows: dict[str, torch.Tensor]):
-        """The experts x layers heat map, beside E and dead experts per layer over the training steps."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        width = max(int(r.numel()) for r in rows.values())
-        history = {n: h for n, h in self._ecology_history.items() if h}
-        if not history:
-            return self._heatmap(rows, "layer")
-        fig, axes = plt.subplots(1, 3, figsize=(3 + 0.4 * width + 8, 1.5 + 0.35 * max(len(rows), 6)),
-                                 gridspec_kw={"width_ratios": [max(2.0, 0.4 * width), 3, 3]})
-        self._heatmap(rows, "layer", ax=axes[0])
-        for name, points in history.items():
-            steps = [p[0] for p in points]
-            # the dead counts stay tensors until drawn: recording them costs no host sync per step
-            dead = torch.stack([p[2] for p in points]).cpu().tolist()
-            axes[1].plot(steps, [p[1] for p in points], label=name)
-            axes[2].plot(steps, dead, label=name)
-        axes[1].set(xlabel="training step", ylabel="E = T·H/(O+B)", title="expert ecology")
-        axes[2].set(xlabel="training step", ylabel="dead experts", title="dead experts")
-        axes[2].legend(fontsize=6)
-        fig.tight_layout()
-        return fig
-
-    @staticmethod
-    def _heatmap(rows: dict[str, torch.Tensor], ylabel: str, ax=None):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        names = list(rows)
-        width = max(int(r.numel()) for r in rows.values())
-        data = torch.zeros(len(names), width)
-        for i, n in enumerate(names):
-            r = rows[n].detach().float().cpu()
-            data[i, : r.numel()] = r / r.sum().clamp_min(1e-12)
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(1 + 0.4 * width, 1 + 0.35 * len(names)))
-        else:
-            fig = ax.figure
-        im = ax.imshow(data.numpy(), aspect="auto", cmap="viridis")
-        ax.set_xlabel("expert")
-        ax.set_ylabel(ylabel)
-        ax.set_yticks(range(len(names)), names, fontsize=7)
-        fig.colorbar(im, ax=ax, label="share of routed tokens")
-        fig.tight_layout()
-        return fig
-
-    def _save_figure(self, name: str, fig) -> None:
-        import matplotlib.pyplot as plt
-
-        trainer = getattr(self, "_trainer", None)
-        if trainer is None or not trainer.loggers:  # no run folder to write into
-            plt.close(fig)
-            return
-        root = Path(trainer.log_dir or trainer.default_root_dir) / "figures"
-        root.mkdir(parents=True, exist_ok=True)
-        fig.savefig(root / f"{name}_epoch{self.current_epoch:03d}.png", dpi=80)
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):
-                experiment.add_figure(name, fig, global_step=self.global_step, close=False)
-        plt.close(fig)
 
     # ------------------------------------------------------------- optimizers
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

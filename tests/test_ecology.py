@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from mmoe.datamodules import PDEDataModule
 from mmoe.kernels import backend_ops
 from mmoe.moe_layer import MoELayer
+from mmoe.routing_monitor import RoutingMonitor
 from mmoe.settings import MoESettings
 from mmoe.tasks import PDETask
 from mmoe.tasks.pde import PDEPreprocess
@@ -152,13 +153,14 @@ def test_logged_ecology_equals_the_formula(tmp_path: Path) -> None:
     logged = trainer.logged_metrics
     layers = [n for n, m in task.named_modules() if isinstance(m, MoELayer)]
     assert len(layers) == 2
+    monitor = next(c for c in trainer.callbacks if isinstance(c, RoutingMonitor))  # added by the task
     for name in layers:
         for split in ("train", "val"):
             assert float(logged[f"routing_{split}/{name}/ecology"]) == pytest.approx(T * H / (O + B), rel=1e-6)
             assert float(logged[f"routing_{split}/{name}/entropy_weight"]) == pytest.approx(H)
             assert f"routing_{split}/{name}/router_entropy" in logged
         # one (step, E, dead) point per training step for the routing figure
-        assert [p[0] for p in task._ecology_history[name]] == [0, 1, 2]
+        assert [p[0] for p in monitor.ecology_history[name]] == [0, 1, 2]
     assert list(Path(trainer.log_dir).glob("figures/routing_experts_x_layers_epoch000.png"))
 
 

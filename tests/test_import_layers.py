@@ -43,6 +43,7 @@ LAZY_THIRD_PARTY = {
     "triton": "optional GPU kernels; probing for it must not fail on machines without it",
     "jsonargparse": "process-global parser settings applied when the CLI starts, not on import",
     "yaml": "with the jsonargparse settings above",
+    "matplotlib": "routing figures, drawn only at validation end (mmoe.routing_monitor)",
 }
 
 
