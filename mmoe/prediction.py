@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
@@ -189,8 +191,6 @@ def save_image(path: str | os.PathLike, image: Any) -> None:
     channels-first, 1/3/4 channels (gray, RGB, RGBA); uint8 and uint16 as they are, float in
     [0, 1] as 8-bit (clipped)."""
     import cv2
-    import numpy as np
-    import torch
 
     a = image
     if isinstance(a, torch.Tensor):
