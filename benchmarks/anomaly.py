@@ -37,6 +37,7 @@ the row into checkpoints/manifest.json is left to the maintainers.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import os
 import time
@@ -46,7 +47,10 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-import recipe_runs  # benchmarks/ is on sys.path when a script runs
+if __name__ == "__main__" and not __package__:  # run as a file (python benchmarks/anomaly.py): siblings import
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # as the benchmarks package, like `python -m benchmarks.anomaly`
+
+from benchmarks import recipe_runs
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 

@@ -32,8 +32,10 @@ from mmoe.cli import cli_main
 from mmoe.datamodules import EmotionDataModule
 from mmoe.datamodules.emotion.synthetic import UTTERANCE_TYPES
 
+if __name__ == "__main__" and not __package__:  # run as a file (python benchmarks/emotion.py): siblings import
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # as the benchmarks package, like `python -m benchmarks.emotion`
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))  # emotion_sentences, run as a script or imported
 CONFIGS = ROOT / "configs" / "emotion"
 DEFAULT = ["mister_e", "speech_only", "text_only"]
 
@@ -94,7 +96,7 @@ def run_config(name: str, max_steps: int | None, run_dir: str) -> dict:
 def everyday_metrics(model, data_args: dict) -> tuple[dict[str, float], list[dict]]:
     """Text-only weighted F1 on the everyday sentences (and the held-out ones) of ``model`` and both
     peers (see ``benchmarks/emotion_sentences.py``), and the model's mistakes."""
-    import emotion_sentences as es
+    from benchmarks import emotion_sentences as es
 
     classes = list(model.pre.class_names)
     train_texts, train_labels = es.training_text(data_args)

@@ -13,6 +13,7 @@ metrics (the old ones are printed beside them).
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import os
 import tempfile
@@ -24,6 +25,9 @@ from safetensors.torch import load_file, save_file
 
 import mmoe
 from mmoe import zoo
+
+if __name__ == "__main__" and not __package__:  # run as a file (python benchmarks/migrate_release.py): siblings import
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # as the benchmarks package, like `python -m benchmarks.migrate_release`
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIM_ARGS = ("lr", "weight_decay", "scheduler", "warmup_steps")
@@ -52,13 +56,13 @@ def new_init_args(task: str, old: dict, data_args: dict) -> dict:
 
 def measure(task: str, model, data_args: dict) -> dict:
     if task == "pde":
-        from pde_release import evaluate
+        from benchmarks.pde_release import evaluate
 
         metrics = evaluate(model, data_args)
         metrics |= {f"{k}_64x64": v for k, v in evaluate(model, data_args | {"resolution": 64}).items()
                     if k.startswith("rel_l2")}
         return metrics
-    from emotion import evaluate
+    from benchmarks.emotion import evaluate
 
     return {k: v for k, v in evaluate(model, data_args).items() if isinstance(v, float)}
 

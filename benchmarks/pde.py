@@ -22,14 +22,18 @@ directly). Needs ``neuraloperator`` (see ``pde_fno.INSTALL``).
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import time
 from pathlib import Path
 
 import torch
 import yaml
-from pde_fno import DEFAULT_MODES, DEFAULT_WIDTH, evaluate, train_fno  # benchmarks/ is on sys.path
-from recipe_overrides import overrides
+if __name__ == "__main__" and not __package__:  # run as a file (python benchmarks/pde.py): siblings import
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # as the benchmarks package, like `python -m benchmarks.pde`
+
+from benchmarks.pde_fno import DEFAULT_MODES, DEFAULT_WIDTH, evaluate, train_fno
+from benchmarks.recipe_overrides import overrides
 
 from mmoe.cli import cli_main
 from mmoe.datamodules import PDEDataModule

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from recipe_overrides import overrides  # benchmarks/ is on sys.path when a script runs
+from benchmarks.recipe_overrides import overrides
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, task: str, default: list[str], config_dir: Path,

@@ -41,7 +41,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import recipe_runs  # benchmarks/ is on sys.path when a script runs
+if __name__ == "__main__" and not __package__:  # run as a file (python benchmarks/restoration.py): siblings import
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # as the benchmarks package, like `python -m benchmarks.restoration`
+
+from benchmarks import recipe_runs
 
 # albumentations (training crops) asks PyPI for a newer version on import unless this is set
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

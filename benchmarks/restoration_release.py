@@ -12,6 +12,7 @@ the numbers in the manifest are those of the file users download.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 from pathlib import Path
 
@@ -20,7 +21,10 @@ import yaml
 
 import mmoe
 from mmoe.zoo_cli import export_checkpoint
-from restoration import evaluate, make_datamodule, test_indices
+if __name__ == "__main__" and not __package__:  # run as a file (python benchmarks/restoration_release.py): siblings import
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # as the benchmarks package, like `python -m benchmarks.restoration_release`
+
+from benchmarks.restoration import evaluate, make_datamodule, test_indices
 
 ROOT = Path(__file__).resolve().parents[1]
 

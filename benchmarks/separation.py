@@ -17,6 +17,7 @@ from their shapes; STFT/iSTFT and element-wise ops not counted), and the real-ti
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import time
 from pathlib import Path
@@ -31,6 +32,9 @@ from mmoe.datamodules.separation.datamodule import SeparationDataModule
 from mmoe.moe_layer import MoELayer
 from mmoe.tasks.separation.metrics import SDRi, SISNRi
 from mmoe.tasks.separation.task import SeparationTask
+
+if __name__ == "__main__" and not __package__:  # run as a file (python benchmarks/separation.py): siblings import
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # as the benchmarks package, like `python -m benchmarks.separation`
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,7 +164,7 @@ def release(args: argparse.Namespace) -> None:
 
 def blstm_row(seconds: float, dm: SeparationDataModule, limit: int | None, rtf_seconds: float) -> dict:
     """The uPIT BLSTM peer (benchmarks/separation_blstm.py) trained for ``seconds``, measured like the others."""
-    from separation_blstm import train_blstm
+    from benchmarks.separation_blstm import train_blstm
 
     start = time.perf_counter()
     peer, steps = train_blstm(seconds)

@@ -50,6 +50,7 @@ Results: markdown tables on stdout, ``<run_dir>/results.json`` (``<run_dir>/macs
 from __future__ import annotations
 
 import argparse
+import sys
 import gc
 import importlib.metadata
 import json
@@ -62,7 +63,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import yaml
-import recipe_runs  # benchmarks/ is on sys.path when a script runs
+if __name__ == "__main__" and not __package__:  # run as a file (python benchmarks/tracking.py): siblings import
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # as the benchmarks package, like `python -m benchmarks.tracking`
+
+from benchmarks import recipe_runs
 
 # albumentations (training crops) asks PyPI for a newer version on import unless this is set
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -401,7 +405,7 @@ def macs_setting(model, items: list[dict[str, Any]], modalities: list[str]) -> d
 
 def run_macs(args: argparse.Namespace) -> None:
     import mmoe
-    from macs import set_capacity, smallest_retaining  # benchmarks/macs.py: the emotion comparison's helpers
+    from benchmarks.macs import set_capacity, smallest_retaining  # benchmarks/macs.py: the emotion comparison's helpers
 
     from mmoe.tasks.tracking.model import MODALITIES
 

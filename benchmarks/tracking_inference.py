@@ -12,11 +12,15 @@ choose. Results: a markdown table on stdout.
 from __future__ import annotations
 
 import argparse
+import sys
 import itertools
 from pathlib import Path
 
 import yaml
-from tracking import depth_data, evaluate  # benchmarks/ is on sys.path
+if __name__ == "__main__" and not __package__:  # run as a file (python benchmarks/tracking_inference.py): siblings import
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # as the benchmarks package, like `python -m benchmarks.tracking_inference`
+
+from benchmarks.tracking import depth_data, evaluate
 
 import mmoe
 from mmoe.datamodules.tracking.datamodule import TrackingDataModule

@@ -12,11 +12,15 @@ in the manifest are those of the file users download.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 from pathlib import Path
 
 import yaml
-from tracking import depth_data, evaluate, make_datamodule, test_items  # benchmarks/ is on sys.path
+if __name__ == "__main__" and not __package__:  # run as a file (python benchmarks/tracking_release.py): siblings import
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # as the benchmarks package, like `python -m benchmarks.tracking_release`
+
+from benchmarks.tracking import depth_data, evaluate, make_datamodule, test_items
 
 import mmoe
 from mmoe.loading import torch_load_weights_only

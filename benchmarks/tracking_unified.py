@@ -16,6 +16,7 @@ opencv-contrib, see benchmarks/tracking.py). Scores: success AUC and precision@2
 from __future__ import annotations
 
 import argparse
+import sys
 import datetime
 import json
 import os
@@ -24,7 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tracking import TrackScores, _bgr, opencv_distribution, peer_track, tracker_factory  # benchmarks/ on sys.path
+if __name__ == "__main__" and not __package__:  # run as a file (python benchmarks/tracking_unified.py): siblings import
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # as the benchmarks package, like `python -m benchmarks.tracking_unified`
+
+from benchmarks.tracking import TrackScores, _bgr, opencv_distribution, peer_track, tracker_factory
 
 import mmoe
 from mmoe.datamodules.tracking.datamodule import TrackingDataModule

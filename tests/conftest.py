@@ -6,8 +6,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-# test helpers (naive references) live beside the tests
-sys.path.insert(0, str(Path(__file__).parent))
+# test helpers (naive references) live beside the tests: importable through pyproject pythonpath
 
 
 class QuietHandler(BaseHTTPRequestHandler):

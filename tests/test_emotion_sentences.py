@@ -5,19 +5,17 @@ the generator's sentences; the VADER mapping of the benchmark."""
 from __future__ import annotations
 
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks import emotion_sentences as bench
 from mmoe.datamodules.emotion.everyday import TEMPLATES, everyday_sentence
 from mmoe.datamodules.emotion.synthetic import CLASSES, UTTERANCE_TYPES, generate_conversations
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import emotion_sentences as bench  # noqa: E402
 
 
 def _norm(text: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +10,7 @@ import pytest
 import torch
 
 pytest.importorskip("neuralop", reason="the FNO peer needs the benchmark-only dependency neuraloperator")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import pde_fno  # noqa: E402
-
+from benchmarks import pde_fno  # noqa: E402  after the skip: it imports neuralop
 from mmoe.datamodules import PDEDataModule  # noqa: E402
 
 TINY = dict(width=8, modes=4, layers=2)

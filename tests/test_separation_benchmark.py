@@ -34,8 +34,7 @@ def test_separation_benchmark_smoke(tmp_path: Path) -> None:
 def test_blstm_peer_masks_add_up_and_it_trains(tmp_path: Path, monkeypatch) -> None:
     import torch
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from separation_blstm import BLSTMSeparator, train_blstm
+    from benchmarks.separation_blstm import BLSTMSeparator, train_blstm
 
     from mmoe.datamodules import SeparationDataModule
 
@@ -60,8 +59,7 @@ def test_blstm_peer_masks_add_up_and_it_trains(tmp_path: Path, monkeypatch) -> N
 def test_lstm_macs_match_a_hand_count() -> None:
     import torch
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from separation import lstm_macs
+    from benchmarks.separation import lstm_macs
 
     lstm = torch.nn.LSTM(10, 6, num_layers=2, bidirectional=True, batch_first=True)
     # layer 1: 2 directions x 4 gates x 6 x (10 + 6); layer 2 takes the 12 concatenated outputs

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -23,14 +22,9 @@ ROWS = ("occlusion", "out_of_view", "dark", "overexposed", "camouflage", "fast_m
 
 
 def _bench():
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports benchmarks/recipe_overrides.py
-    try:
-        spec = importlib.util.spec_from_file_location("bench_tracking", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return module
+    from benchmarks import tracking
+
+    return tracking
 
 
 def _iou(p: np.ndarray, g: np.ndarray) -> np.ndarray:
