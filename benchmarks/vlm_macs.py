@@ -3,7 +3,7 @@ redundant image-patch tokens beside a few decisive question tokens.
 
     python benchmarks/vlm_macs.py                 # render, train (fixed steps), evaluate every policy
     python benchmarks/vlm_macs.py --load runs/vlm_macs/model.pt   # evaluate a trained model again
-    python benchmarks/vlm_macs.py --smoke         # tiny data, 20 steps, 2 cf (a check that it runs)
+    python benchmarks/vlm_macs.py --smoke         # tiny data, 10 steps, one cf (a check that it runs)
 
 Data (rendered here, offline, from a seed): 32x32 RGB scenes of 2-5 objects (square, circle,
 triangle; red, green, blue, yellow) on a dark noisy background, placed in distinct cells of a 4x4
@@ -54,7 +54,7 @@ SEED = 0
 TRAIN_SCENES, TEST_SCENES = 24000, 2048
 IMAGE, PATCH = 32, 4
 DIM, DEPTH, HEADS, HIDDEN, EXPERTS, TOP_K = 64, 3, 4, 128, 8, 2
-BATCH, STEPS, LR = 64, 3000, 2e-3
+BATCH, STEPS, LR = 64, 7000, 2e-3
 EVAL_BATCH = 32
 FACTORS = (2.0, 1.5, 1.25, 1.0, 0.75, 0.5, 0.35)
 POLICIES = ("static", "macs_paper", "macs", "macs_output")
@@ -297,14 +297,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--load", type=Path, help="a state dict written by an earlier run (skip training)")
     parser.add_argument("--save", type=Path, default=ROOT / "runs" / "vlm_macs" / "model.pt")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "vlm_macs.json")
-    parser.add_argument("--smoke", action="store_true", help="tiny data, 20 steps, two factors")
+    parser.add_argument("--out", type=Path, help="JSON of every row (default benchmarks/results/vlm_macs.json; "
+                        "--smoke: /tmp/vlm_macs_smoke.json)")
+    parser.add_argument("--smoke", action="store_true", help="tiny data, 10 steps, one factor")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if args.smoke:
-        TRAIN_SCENES, TEST_SCENES, STEPS, FACTORS = 256, 64, 20, (1.0, 0.5)
-        args.out = Path("/tmp/vlm_macs_smoke.json")
-        args.save = Path("/tmp/vlm_macs_smoke.pt")
+        TRAIN_SCENES, TEST_SCENES, STEPS, FACTORS = 128, 64, 10, (0.5,)
+        args.out = args.out or Path("/tmp/vlm_macs_smoke.json")
+        args.save = args.out.with_suffix(".pt")
+    args.out = args.out or ROOT / "benchmarks" / "results" / "vlm_macs.json"
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
     t0 = time.perf_counter()
