@@ -1,10 +1,8 @@
 import os
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 # test helpers (naive references) live beside the tests: importable through pyproject pythonpath
 
