@@ -4,6 +4,7 @@ redundant image-patch tokens beside a few decisive question tokens.
     python benchmarks/vlm_macs.py                 # render, train (fixed steps), evaluate every policy
     python benchmarks/vlm_macs.py --load runs/vlm_macs/model.pt   # evaluate a trained model again
     python benchmarks/vlm_macs.py --smoke         # tiny data, 10 steps, one cf (a check that it runs)
+    python benchmarks/vlm_macs.py --ep-timing runs/vlm_macs/model.pt   # 2 gloo processes, step times
 
 Data (rendered here, offline, from a seed): 32x32 RGB scenes of 2-5 objects (square, circle,
 triangle; red, green, blue, yellow) on a dark noisy background, placed in distinct cells of a 4x4
@@ -277,6 +278,66 @@ def pair_cost_us() -> float:
     return best / x.shape[0] * 1e6
 
 
+EP_SETTINGS = (Setting("dropless", None), Setting("static", 0.5), Setting("macs_paper", 0.5), Setting("macs", 0.5),
+               Setting("static", 1.0), Setting("macs_paper", 1.0))
+
+
+def ep_worker(rank: int, world: int, port: int, state_path: str, out: str, batches: int) -> None:
+    """One expert-parallel rank: the trained model with its experts sharded; each global batch of
+    EVAL_BATCH scenes is split in rank order (so capacity is decided as for the one-process batch)."""
+    import os
+
+    import torch.distributed as dist
+
+    from mmoe.parallel import shard_experts
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    model = TinyVLM()
+    model.load_state_dict(torch.load(state_path, weights_only=True))
+    shard_experts(model)
+    model.eval()
+    data = render(batches * EVAL_BATCH, SEED + 1)  # the first scenes of the held-out split
+    per = EVAL_BATCH // world
+    results = {}
+    for setting in EP_SETTINGS:
+        set_policy(model, setting)
+        times, correct = [], 0
+        with torch.no_grad():
+            for b in range(-2, batches):  # two warm-up batches
+                lo = max(b, 0) * EVAL_BATCH + rank * per
+                batch = subset(data, slice(lo, lo + per))
+                dist.barrier()
+                t0 = time.perf_counter()
+                logits = model(batch)
+                dist.barrier()  # the step ends when the slowest rank is done
+                if b >= 0:
+                    times.append(time.perf_counter() - t0)
+                    correct += int((logits.argmax(-1) == batch["answer"]).sum())
+        total = torch.tensor([correct])
+        dist.all_reduce(total)
+        results[setting.name] = {"step_ms_median": 1e3 * sorted(times)[len(times) // 2],
+                                 "step_ms_mean": 1e3 * sum(times) / len(times),
+                                 "accuracy": int(total) / (batches * EVAL_BATCH)}
+    if rank == 0:
+        Path(out).write_text(json.dumps(results, indent=1))
+    dist.destroy_process_group()
+
+
+def ep_timing(state_path: Path, out: Path, batches: int) -> dict:
+    """Measured inference step time (forward of one EVAL_BATCH-scene batch) with 2 gloo processes."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(ep_worker, args=(2, port, str(state_path), str(out), batches), nprocs=2, join=True)
+    return json.loads(out.read_text())
+
+
 def table(rows: list[dict]) -> str:
     drop = rows[0]
     head = ("| policy | cf | accuracy | vs dropless | busiest expert, pairs per layer (L1/L2/L3) | busiest sum | "
@@ -301,12 +362,22 @@ def main() -> None:
                         "--smoke: /tmp/vlm_macs_smoke.json)")
     parser.add_argument("--smoke", action="store_true", help="tiny data, 10 steps, one factor")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ep-timing", type=Path, metavar="STATE",
+                        help="only measure inference step times of the model STATE with 2 gloo processes")
+    parser.add_argument("--ep-batches", type=int, default=TEST_SCENES // EVAL_BATCH,
+                        help="global batches timed per policy (--ep-timing)")
     args = parser.parse_args()
     if args.smoke:
         TRAIN_SCENES, TEST_SCENES, STEPS, FACTORS = 128, 64, 10, (0.5,)
         args.out = args.out or Path("/tmp/vlm_macs_smoke.json")
         args.save = args.out.with_suffix(".pt")
     args.out = args.out or ROOT / "benchmarks" / "results" / "vlm_macs.json"
+    if args.ep_timing:
+        out = args.out.with_name("vlm_macs_ep.json") if args.out else ROOT / "benchmarks" / "results" / "vlm_macs_ep.json"
+        for name, r in ep_timing(args.ep_timing, out, 2 if args.smoke else args.ep_batches).items():
+            print(f"{name:18s} 2-rank gloo step {r['step_ms_median']:.1f} ms (median; mean {r['step_ms_mean']:.1f})  "
+                  f"accuracy {r['accuracy']:.4f}")
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
     t0 = time.perf_counter()

@@ -227,3 +227,29 @@ def test_expert_parallel_matches_one_process(tmp_path: Path) -> None:
     assert {k.split("/")[0] for k in got} == set(cases)
     for key, errors in got.items():
         assert not errors, f"{key}:\n" + "\n".join(errors)
+
+
+# ------------------------------------------------------------------ the testbed (benchmarks/vlm_macs.py)
+def test_vlm_testbed_smoke(tmp_path: Path) -> None:
+    """The VLM testbed runs end to end (tiny data, 10 steps); its rows obey the policies' rules:
+    every capacity row's busiest expert is within its capacity; paper MACS drops no question token;
+    the image is >= 8x the question."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "vlm.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "vlm_macs.py"), "--smoke", "--threads", "1",
+                    "--out", str(out)], check=True, cwd=root, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    info, rows = result["info"], {r["setting"]: r for r in result["rows"]}
+    assert info["image_tokens"] >= 8 * info["text_tokens_mean"]
+    assert set(rows) == {"dropless", "static 0.5", "macs_paper 0.5", "macs 0.5", "macs_output 0.5"}
+    tokens = 32 * (info["image_tokens"] + info["text_tokens_mean"])  # one eval batch (mean text length)
+    for name, r in rows.items():
+        if name != "dropless":
+            assert max(r["busiest_per_layer"]) <= max(rows["dropless"]["busiest_per_layer"])
+    assert max(rows["static 0.5"]["busiest_per_layer"]) <= math.ceil(0.5 * 2 * tokens / 8) + 2
+    assert rows["macs_paper 0.5"]["dropped_text"] == 0.0 and rows["macs_paper 0.5"]["dropped_image"] > 0.3
+    assert rows["static 0.5"]["dropped_text"] > 0.0
