@@ -66,13 +66,15 @@ MUTANTS: tuple[Mutant, ...] = (
            r"(np\.signedinteger\):\s*\n\s*return \(data\.astype\(np\.float64\))"
            r" / float\(np\.iinfo\(data\.dtype\)\.max \+ 1\)",
            r"\1", AUDIO_TESTS),
-    Mutant("pcm_not_full_scale_separation_io", "integer PCM not divided by full scale (the separation task's own "
-           "conversion, while it has one)", "tasks/separation/io.py",
-           r"x = x\.double\(\) / max\(abs\(info\.min\), info\.max\)", "x = x.double()", AUDIO_TESTS),
+    # the separation task's own conversion is gone (tasks/separation/io.py calls mmoe.inputs.audio): the
+    # unsigned branch (8-bit WAV) of the shared conversion takes its place in the list
+    Mutant("pcm_unsigned_not_centred", "unsigned PCM (uint8/uint16) not shifted down by half its range",
+           "mmoe/inputs/audio.py", r"\(data\.astype\(np\.float64\) - half\) / half",
+           "data.astype(np.float64) / half", AUDIO_TESTS),
     Mutant("macs_value_inverted", "MACS token value inverted: undecided tokens weigh most", "mmoe/capacity.py",
            r"return 2\.0 - entropy / math\.log\(E\)", "return 1.0 + entropy / math.log(E)", MACS_TESTS),
     Mutant("macs_rank_order", "MACS ranks pairs worst value first inside an (expert, modality) group",
-           "mmoe/capacity.py", r"(by_value = torch\.sort\(u, descending=)True", r"\1False", MACS_TESTS),
+           "mmoe/capacity.py", r"(by_value = torch\.sort\(pair_u, descending=)True", r"\1False", MACS_TESTS),
     # --- core logic
     Mutant("capacity_formula", "expert capacity rounded down: floor(cf * k * T / E)", "mmoe/capacity.py",
            r"return math\.ceil\(capacity_factor \* top_k \* num_tokens / num_experts\)",

@@ -5,6 +5,7 @@ decisions come from the thresholds stored in the file."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,66 @@ def test_decisions_come_from_the_stored_thresholds(model) -> None:
     assert strict["threshold"] > loose["threshold"]
     assert model.predict(x, modality="ct", threshold=strict["score"] - 1e-3)["is_anomalous"]
     assert not model.predict(x, modality="ct", threshold=strict["score"] + 1e-3)["is_anomalous"]
+
+
+# ---------------------------------------------------------------------------- manifest and baseline (issue 37)
+#: measured on the test split (88 images; 2026-12-02): fundus pixel AUROC model 0.984, per-pixel
+#: z-score 0.979 (fundus lesions are bright blobs on a dark, smooth fundus: the z-score sees them too)
+FUNDUS_PIXEL_NEAR_ZSCORE = pytest.mark.xfail(strict=True, reason=(
+    "issue 37: fundus pixel AUROC of the released model 0.984 vs a per-pixel z-score detector 0.979 "
+    "on the same test split (needs >= 0.05 ahead)"))
+AUROC_TOLERANCE = 0.01  # the same images and weights as the manifest: only float summation order differs
+AUROC_MARGIN = 0.05
+
+
+@pytest.fixture(scope="module")
+def test_split_metrics() -> dict[str, dict[str, float]]:
+    """Image and pixel AUROC per modality of the released model and of a per-pixel z-score detector
+    (fitted per modality on the normal training views, resized and mirrored) on the manifest's inputs:
+    the recipe's embedded test split, true modality given (as the manifest's benchmark does)."""
+    import torch
+    import yaml
+
+    from baselines import PixelZScore
+    from mmoe.datamodules.anomaly import AnomalyDataModule
+    from mmoe.datamodules.anomaly.datamodule import resize
+    from mmoe.tasks.anomaly.metrics import AnomalyMetrics
+
+    cfg = yaml.safe_load((FILE.parents[1] / "configs" / "anomaly" / "default.yaml").read_text())
+    dm = AnomalyDataModule(**{k: v for k, v in cfg["data"]["init_args"].items() if k != "num_workers"})
+    dm.setup()
+    samples = [dm.test_dataset[i] for i in range(len(dm.test_dataset))]
+    images = torch.stack([s["image"] for s in samples]).float()
+    modality = torch.stack([s["modality"] for s in samples])
+    with torch.no_grad():
+        out = mmoe.load(str(FILE)).float().eval().model.anomaly_maps(images, modality)
+    zmaps = np.zeros((len(samples), *images.shape[2:]))
+    for m, items in dm.train_dataset.items.items():
+        views = [resize(it.load(), dm.hparams.image_size) for it in items]
+        detector = PixelZScore(np.stack(views + [v[:, ::-1] for v in views]))
+        sel = (modality == m).numpy()
+        zmaps[sel] = detector.maps(images[sel].permute(0, 2, 3, 1).numpy())
+
+    def metrics(maps, scores) -> dict[str, float]:
+        metric = AnomalyMetrics(dm.modality_names)
+        metric.update(torch.as_tensor(maps).float(), torch.as_tensor(scores).float(),
+                      torch.stack([s["mask"][0] for s in samples]), torch.stack([s["label"] for s in samples]),
+                      modality, torch.stack([s["has_mask"] for s in samples]))
+        return {k: float(v) for k, v in metric.compute().items()}
+
+    return {"model": metrics(out["map"], out["score"]), "zscore": metrics(zmaps, PixelZScore.scores(zmaps))}
+
+
+@pytest.mark.parametrize("modality,metric", [
+    pytest.param(m, k, marks=FUNDUS_PIXEL_NEAR_ZSCORE) if (m, k) == ("fundus", "pixel_auroc") else (m, k)
+    for m in MODALITIES for k in ("image_auroc", "pixel_auroc")])
+def test_test_split_auroc_matches_the_manifest_and_beats_a_pixel_zscore(test_split_metrics, modality: str,
+                                                                        metric: str) -> None:
+    """Every modality the released model covers: its image and pixel AUROC on the test split equal the
+    manifest's (to 0.01) and are at least 0.05 above a per-pixel z-score detector's on the same images."""
+    manifest = {m["name"]: m for m in json.loads((FILE.parent / "manifest.json").read_text())["models"]}
+    want = manifest["anomaly-mtl-mad"]["metrics"][f"{metric}_{modality}"]
+    got, zscore = (test_split_metrics[k][f"{metric}_{modality}"] for k in ("model", "zscore"))
+    print(f"RESULT anomaly {modality} {metric}: manifest={want:.4f}, model={got:.4f}, zscore={zscore:.4f}")
+    assert got >= want - AUROC_TOLERANCE, (got, want)
+    assert got >= zscore + AUROC_MARGIN, (got, zscore)

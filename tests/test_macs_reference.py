@@ -163,3 +163,19 @@ def test_static_mode_differs_from_macs_on_the_hand_case() -> None:
     pair_token, pair_expert, gate, _, _ = hand_case()
     keep = reference.dispatch_metadata(pair_expert, gate, 2, 3).keep
     assert {list(HAND_Q)[i] for i in keep.nonzero().flatten().tolist()} == {"A", "F", "B"}
+
+
+def test_mutation_check_mutants_still_apply() -> None:
+    """tests/mutation_check.py reports a mutant whose code moved as "not applied", which a rerun can
+    miss: every listed mutant's pattern must still match its file exactly ``count`` times (issue 37)."""
+    import re
+    from pathlib import Path
+
+    import mutation_check
+
+    root = Path(__file__).resolve().parents[1]
+    for m in (mutation_check.SANITY, *mutation_check.MUTANTS):
+        text = (root / m.path).read_text()
+        assert len(re.findall(m.pattern, text)) == m.count, (m.name, m.path)
+        assert re.subn(m.pattern, m.replacement, text)[0] != text, m.name
+        assert all(list(root.glob(g)) for g in m.tests), (m.name, m.tests)
