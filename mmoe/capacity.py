@@ -44,7 +44,9 @@ tokens of ``T``:
   the first ``C`` (one shared dispatch, as static and MACS).
 
 So text pairs are dropped only when an expert's text demand alone exceeds ``C``, and the
-visual pairs that go are the undecided, low-gate ones. The paper's exact formulas were not
+visual pairs that go are the undecided, low-gate ones. Without modality ids (as every MACS mode)
+it is static capacity. Under expert parallelism the per-modality counts are summed over the
+ranks first, so capacity and drops equal the one-process layer's. The paper's exact formulas were not
 available here; this is the rule as the project's issue 35 states it (entropy-weighted value on
 visual tokens, capacity scaled by the live visual/text ratio, static CAI-MoE as the baseline).
 """
