@@ -10,7 +10,8 @@ says where the bytes come from. Environment:
   into the cache and hash-checked like a download.
 - ``MMOE_ZOO_MANIFEST``: path of another manifest (e.g. a private zoo).
 - ``MMOE_HOME``: cache root (default ``~/.cache/mmoe``); files go to ``$MMOE_HOME/zoo``.
-- ``MMOE_OFFLINE=1``: use the cache only.
+- ``MMOE_OFFLINE=1``: no network: a model not in the cache is copied from a local source only
+  (the bundled weight files, or a ``file://``/directory ``MMOE_ZOO_URL``).
 - ``MMOE_DOWNLOAD_TIMEOUT``: overall limit of one download in seconds (default 600).
   A single socket read may overrun it by at most ``min(60, limit)`` seconds.
 
@@ -426,10 +427,11 @@ def fetch(name: str) -> Path:
     got = _cached_sha256(path)  # no lock needed: a reader sees one whole version of the file
     if got == entry["sha256"]:
         return path
-    if is_offline():
+    if is_offline() and not (got is None and base_url().startswith("file:")):
         if got is None:
             raise OfflineError(
-                f"model {name!r} is not in the cache {cache} and MMOE_OFFLINE=1 forbids downloading it; "
+                f"model {name!r} is not in the cache {cache} and MMOE_OFFLINE=1 forbids downloading it "
+                f"(its source {base_url()} is not local); "
                 f"run `mmoe-zoo download {name}` while online, or unset MMOE_OFFLINE"
             )
         raise HashMismatchError(

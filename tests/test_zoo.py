@@ -176,6 +176,20 @@ def test_offline_empty_cache(env: Path, server: dict, monkeypatch: pytest.Monkey
     assert "'tiny'" in str(exc.value) and str(env / "home" / "zoo") in str(exc.value)
 
 
+def test_offline_copies_from_a_local_source(env: Path, server: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline means no network: a local source (a directory, as the bundled weights are) still fills the cache."""
+    model, f = publish(env, server)
+    monkeypatch.setenv("MMOE_ZOO_URL", str(f.parent))
+    monkeypatch.setenv("MMOE_OFFLINE", "1")
+    torch.testing.assert_close(load("tiny").predict(X), model.predict(X), rtol=0, atol=0)
+    assert [p.name for p in cache_files(env)] == [f.name]
+    server.clear()
+    monkeypatch.setenv("MMOE_ZOO_URL", "http://127.0.0.1:9/zoo/")  # a remote source: the cache only
+    (env / "home" / "zoo" / f.name).unlink()
+    with pytest.raises(zoo.OfflineError, match="not local"):
+        load("tiny")
+
+
 def test_offline_warm_cache(env: Path, server: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     model, _ = publish(env, server)
     zoo.fetch("tiny")
