@@ -31,7 +31,8 @@ SPLITS = ("train", "val", "test")
 
 
 def save_figure(trainer: Trainer | None, name: str, fig: Any, epoch: int, step: int) -> None:
-    """Write ``fig`` as ``<run folder>/figures/<name>_epoch<epoch>.png`` and to TensorBoard loggers;
+    """Write ``fig`` as ``<run folder>/figures/<name>_epoch<epoch>_step<global step>.png`` (two validations in
+    one epoch keep both) and to TensorBoard loggers;
     closed in any case (without loggers there is no run folder to write into)."""
     import matplotlib.pyplot as plt
 
@@ -40,7 +41,7 @@ def save_figure(trainer: Trainer | None, name: str, fig: Any, epoch: int, step: 
         return
     root = Path(trainer.log_dir or trainer.default_root_dir) / "figures"
     root.mkdir(parents=True, exist_ok=True)
-    fig.savefig(root / f"{name}_epoch{epoch:03d}.png", dpi=80)
+    fig.savefig(root / f"{name}_epoch{epoch:03d}_step{step:07d}.png", dpi=80)
     for logger in trainer.loggers:
         experiment = getattr(logger, "experiment", None)
         if hasattr(experiment, "add_figure"):
