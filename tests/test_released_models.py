@@ -96,10 +96,19 @@ def test_zoo_load_uses_the_verified_bytes(zoo_env: Path, monkeypatch: pytest.Mon
     assert model.pre.family_names == ["darcy", "heat", "advection", "allen_cahn"]
 
 
-@pytest.mark.parametrize("degradation,gain", [("denoise", 4.0), ("derain", 3.0), ("dehaze", 2.0)])
+#: measured on this crop (sigma 25): model 27.19 dB, Gaussian blur 27.12 dB, median 26.41 dB (input 21.08)
+FRESH_DENOISE_BEHIND_BLUR = pytest.mark.xfail(strict=True, reason=(
+    "issue 37: on a fresh sigma-25 crop the released restoration model is 0.07 dB ahead of a Gaussian blur "
+    "(27.19 vs 27.12 dB; needs >= 1 dB)"))
+
+
+@pytest.mark.parametrize("degradation,gain", [pytest.param("denoise", 4.0, marks=FRESH_DENOISE_BEHIND_BLUR),
+                                              ("derain", 3.0), ("dehaze", 2.0)])
 def test_restoration_release_restores_fresh_degradations(zoo_env: Path, degradation: str, gain: float) -> None:
     """A held-out photograph degraded with a seed the test split never used: the released model
-    recognises the degradation and improves PSNR, through the public predict API (uint8 in and out)."""
+    recognises the degradation and improves PSNR, through the public predict API (uint8 in and out),
+    by at least 1 dB more than a Gaussian blur or a median filter at their best settings (measured:
+    derain 25.62 vs median 23.90, dehaze 19.11 vs 15.04 dB)."""
     from skimage.data import coffee
 
     from mmoe.datamodules.restoration.degradations import degrade
@@ -115,6 +124,11 @@ def test_restoration_release_restores_fresh_degradations(zoo_env: Path, degradat
         return float(10 * np.log10(1 / np.mean((x.astype(np.float64) - clean) ** 2)))
 
     assert psnr(out["image"] / 255) > psnr(degraded) + gain
+    # the same fresh crop through the baselines of the test-split test below (same inputs, same margin)
+    blur, median = B.best_blur_psnr(degraded, clean), B.best_median_psnr(degraded, clean)
+    print(f"RESULT restoration fresh {degradation}: model={psnr(out['image'] / 255):.4f}, input={psnr(degraded):.4f}, "
+          f"blur={blur:.4f}, median={median:.4f}")
+    assert psnr(out["image"] / 255) >= max(blur, median) + BASELINE_MARGIN_DB, (blur, median)
 
 
 @pytest.mark.parametrize("modality", ["fundus", "histology"])
