@@ -2,7 +2,8 @@
 
 :func:`backend_ops` returns the module whose ``topk_routing``, ``dispatch_metadata`` and
 ``expert_mlp`` a :class:`mmoe.MoELayer` calls; both backends share the signatures of
-:mod:`mmoe.kernels.reference`.
+:mod:`mmoe.kernels.reference`. The ``torch`` backend is :mod:`mmoe.cpu_dispatch` (the reference's
+results, computed faster on CPU); the reference itself stays what the Triton kernels match.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ def backend_ops(backend: str, device: torch.device) -> ModuleType:
     if backend == "auto":
         backend = "triton" if device.type == "cuda" and triton_available() else "torch"
     if backend == "torch":
-        return reference
+        # the reference's routing with the faster dispatch and (on CPU) expert MLP; same results
+        from mmoe import cpu_dispatch
+
+        return cpu_dispatch
     if not triton_available():
         raise ValueError(
             "backend: 'triton' needs the triton package and a CUDA device or TRITON_INTERPRET=1"
