@@ -41,13 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningDataModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
 import mmoe.parallel  # noqa: F401  registers --trainer.strategy ddp_expert_parallel
 from mmoe.datamodules import DATAMODULES
+from mmoe.progress import RecipeProgressBar
 from mmoe.recipes import resolve_config
 from mmoe.routing_monitor import RoutingMonitor
 from mmoe.loading import check_bounded, check_init_args, import_class, torch_load_weights_only, trusted_modules
@@ -277,6 +278,9 @@ class MMoECLI(LightningCLI):
             monitor, mode = (model.monitor, model.mode) if isinstance(model, BaseMoETask) else ("val/loss", "min")
             callbacks.append(ModelCheckpoint(monitor=monitor, mode=mode, save_last=True, filename="best"))
         callbacks.append(RecipeCheck())
+        if trainer_cfg.get("enable_progress_bar", True) is not False \
+                and not any(isinstance(c, ProgressBar) for c in callbacks) and importlib.util.find_spec("rich"):
+            callbacks.append(RecipeProgressBar())
         writer = getattr(model, "prediction_writer", None)
         if self.subcommand == "predict" and writer is not None \
                 and not any(isinstance(c, BasePredictionWriter) for c in callbacks):

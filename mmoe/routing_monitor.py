@@ -176,20 +176,29 @@ class RoutingMonitor(Callback):
         self.routing[split], self.class_routing[split] = {}, {}
         if not self.active(pl_module) or not routing:
             return
+        metrics: dict[str, float] = {}
         for name, acc in routing.items():
             load = acc["tokens_per_expert"]
             frac = load / load.sum().clamp_min(1)
             prefix = f"routing_{split}/{name}"
-            pl_module.log(f"{prefix}/max_over_mean_load", float(load.max() / load.mean().clamp_min(1e-12)))
-            pl_module.log(f"{prefix}/dead_experts", float(acc["dead_experts"]))
-            pl_module.log(f"{prefix}/router_entropy", float(acc["router_entropy"]) / acc["batches"])
-            pl_module.log(f"{prefix}/ecology", float(acc["ecology"]))
-            pl_module.log(f"{prefix}/entropy_weight", float(acc["entropy_weight"]))
+            metrics[f"{prefix}/max_over_mean_load"] = float(load.max() / load.mean().clamp_min(1e-12))
+            metrics[f"{prefix}/dead_experts"] = float(acc["dead_experts"])
+            metrics[f"{prefix}/router_entropy"] = float(acc["router_entropy"]) / acc["batches"]
+            metrics[f"{prefix}/ecology"] = float(acc["ecology"])
+            metrics[f"{prefix}/entropy_weight"] = float(acc["entropy_weight"])
             for e, f in enumerate(frac.tolist()):
-                pl_module.log(f"{prefix}/load_e{e}", f)
+                metrics[f"{prefix}/load_e{e}"] = f
             pairs = acc["tokens_per_modality"].clamp_min(1)
             for m, d in enumerate((acc["dropped_per_modality"] / pairs).tolist()):
-                pl_module.log(f"{prefix}/drop_rate_m{m}", d)
+                metrics[f"{prefix}/drop_rate_m{m}"] = d
+        if split == "test":
+            # straight to the loggers: through pl_module.log they would fill the printed test table
+            # with dozens of near-identical rows
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+        else:
+            for key, value in metrics.items():
+                pl_module.log(key, value)
         if not figures:
             return
         epoch, step = pl_module.current_epoch, pl_module.global_step

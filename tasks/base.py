@@ -323,15 +323,7 @@ class BaseMoETask(LightningModule):
         if cfg.scheduler == "plateau":
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=self.mode, factor=0.5, patience=3)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.monitor}}
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm = min(cfg.warmup_steps, total - 1)
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / max(1, warm)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = warmup_cosine(opt, cfg.warmup_steps, max(1, int(self.trainer.estimated_stepping_batches)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -------------------------------------------------------------- inference
@@ -379,6 +371,25 @@ class BaseMoETask(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mmoe_class_path"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["mmoe_optim"] = dataclasses.asdict(self.optim)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+                  ) -> torch.optim.lr_scheduler.LRScheduler:
+    """torch's schedulers: the rate rises linearly over ``warmup_steps`` (``1/w, 2/w, ..., 1`` times
+    the base rate), then follows a cosine to 0 at ``total_steps``.
+
+    Args:
+        optimizer: the optimizer.
+        warmup_steps: steps of the linear warm-up (at most ``total_steps - 1``; 0: none).
+        total_steps: all optimizer steps of the run.
+    """
+    warm = max(0, min(warmup_steps, total_steps - 1))
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warm))
+    if warm == 0:
+        return cosine
+    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / warm, end_factor=1.0,
+                                               total_iters=max(1, warm - 1))
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warm])
 
 
 def _close(figures: dict[str, Any]) -> None:

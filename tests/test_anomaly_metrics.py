@@ -78,7 +78,7 @@ def test_auroc_matches_sklearn_with_ties(seed: int) -> None:
     rng = np.random.default_rng(seed)
     labels = rng.random(500) < 0.3
     scores = np.round(rng.random(500) + 0.5 * labels, 1)  # many ties
-    assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)  # torchmetrics: float32
     assert math.isnan(auroc(scores, np.zeros(500, dtype=bool)))
 
 

@@ -68,10 +68,12 @@ def test_metrics_match_scikit_image(border: int) -> None:
     groups = {**{name: labels == d for d, name in enumerate(names)},
               **{f"sigma{s}": sigmas == s for s in (15, 25, 50)}}
     for k, key in enumerate(("psnr", "ssim", "psnr_y", "ssim_y")):
-        assert out[key].item() == pytest.approx(ref[:, k].mean(), rel=1e-9, abs=1e-9)  # mean over images
+        # torchmetrics' PSNR takes log10 of the data range in float32: about 1e-6 dB off float64
+        tol = 1e-5 if key.startswith("psnr") else 1e-9
+        assert out[key].item() == pytest.approx(ref[:, k].mean(), rel=1e-9, abs=tol)  # mean over images
         for name, sel in groups.items():
             if sel.any():
-                assert out[f"{key}_{name}"].item() == pytest.approx(ref[sel, k].mean(), rel=1e-9, abs=1e-9)
+                assert out[f"{key}_{name}"].item() == pytest.approx(ref[sel, k].mean(), rel=1e-9, abs=tol)
             else:
                 assert f"{key}_{name}" not in out
 

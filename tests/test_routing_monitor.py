@@ -53,7 +53,7 @@ def test_a_plain_trainer_gets_one_monitor_with_logs_and_figures(tmp_path: Path) 
     # one point per training step (the sanity-check batch is not one); per-class maps for PDE families
     assert [p[0] for p in monitor.ecology_history[layers[0]]] == [0, 1]
     figures = {p.name for p in Path(trainer.log_dir).glob("figures/*.png")}
-    assert "routing_experts_x_layers_epoch000.png" in figures
+    assert any(f.startswith("routing_experts_x_layers_epoch000_step") for f in figures)
     assert any(f.startswith("routing_experts_x_class_") for f in figures)
     assert monitor.routing == {"train": {}, "val": {}, "test": {}}  # logged and cleared
 
@@ -93,3 +93,13 @@ def test_bad_history_size_is_refused_by_name() -> None:
     for bad in (1, 0, True, 2.5):
         with pytest.raises(ValueError, match="ecology_history_size"):
             RoutingMonitor(ecology_history_size=bad)
+
+
+def test_routing_stays_out_of_the_printed_test_table(tmp_path: Path) -> None:
+    trainer, task = _fit(tmp_path, [])
+    dm = PDEDataModule(resolution=16, num_samples_per_family=12, batch_size=8, cache_dir=str(tmp_path / "data"))
+    (results,) = trainer.test(task, dm, verbose=False)
+    assert results and not [k for k in results if k.startswith("routing_")]  # what the table prints
+    trainer.loggers[0].save()
+    header = (Path(trainer.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert any(k.startswith("routing_test/") and k.endswith("/load_e0") for k in header)  # still logged

@@ -151,3 +151,22 @@ def test_rgbd_rejects_nan_confidence():
     gt = torch.rand(5, 4) + 1
     with pytest.raises(ValueError, match="confidence"):
         RGBDFScore().update(gt, gt, torch.tensor([0.5, float("nan"), 0.1, 0.2, 0.3]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_box_iou_matches_torchvision_diagonal(seed):
+    from torchvision.ops import box_iou as pairwise
+
+    from mmoe.tasks.tracking.metrics import box_iou
+
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(37, 2, generator=g, dtype=torch.float64) * 50
+    wh = torch.rand(37, 2, generator=g, dtype=torch.float64) * 30 + 0.5
+    a = torch.cat([xy, wh], 1)
+    b = torch.cat([xy + torch.randn(37, 2, generator=g, dtype=torch.float64) * 8, wh * 1.3], 1)
+    b[3] = a[3]  # identical: 1
+    b[5, :2] = a[5, :2] + 500  # disjoint: 0
+    xyxy = lambda boxes: torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], 1)  # noqa: E731
+    expected = pairwise(xyxy(a), xyxy(b)).diagonal()
+    torch.testing.assert_close(box_iou(a, b), expected)
+    assert box_iou(a, b)[3] == pytest.approx(1.0) and box_iou(a, b)[5] == 0

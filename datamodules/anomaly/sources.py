@@ -32,6 +32,8 @@ from typing import Literal
 
 import numpy as np
 
+from mmoe.inputs.image import read_image
+
 MODALITIES: tuple[str, ...] = ("brain_mri", "ct", "fundus", "histology")
 Split = Literal["train", "val", "test"]
 
@@ -134,22 +136,18 @@ def _ct_views() -> list[View]:
 
 
 def _fundus_views() -> list[View]:
-    from skimage import io
-
     views: list[View] = []
-    retina = io.imread(_package_file("skimage", "data", "retina.jpg")).astype(np.float32) / 255.0
+    retina = read_image(_package_file("skimage", "data", "retina.jpg"), "retina.jpg").astype(np.float32) / 255.0
     kept = [t for t in _tiles(retina, 235) if (t.mean(-1) > 0.12).mean() > 0.9]  # inside the fundus disc
     for i, t in enumerate(kept):
         views.append(View("fundus", f"skimage_retina/tile{i}", np.ascontiguousarray(t), _split_of(i)))
-    micro = io.imread(_package_file("skimage", "data", "microaneurysms.png"))
+    micro = read_image(_package_file("skimage", "data", "microaneurysms.png"), "microaneurysms.png")
     views.append(View("fundus", "skimage_microaneurysms", _gray3(micro), "train"))
     return views
 
 
 def _histology_views() -> list[View]:
-    from skimage import io
-
-    ihc = io.imread(_package_file("skimage", "data", "ihc.png"))[..., :3].astype(np.float32) / 255.0
+    ihc = read_image(_package_file("skimage", "data", "ihc.png"), "ihc.png")[..., :3].astype(np.float32) / 255.0
     return [View("histology", f"skimage_ihc/tile{i}", np.ascontiguousarray(t), _split_of(i))
             for i, t in enumerate(_tiles(ihc, 128))]
 

@@ -4,7 +4,7 @@ Sentences come from a small seeded grammar (:func:`make_sentences`); voices are 
 with eSpeak voice variants and per-speaker pitch, pitch range and rate (:func:`make_voices`).
 The test split uses sentences and voice variants that training never sees. Each split's
 utterances are synthesised once (eSpeak at 22.05 kHz, leading/trailing silence trimmed,
-polyphase-resampled to the target rate, peak-normalised) and cached as one ``.npz`` under
+resampled to the target rate (torchaudio), peak-normalised) and cached as one ``.npz`` under
 ``$MMOE_HOME/data/separation`` whose name carries a hash of every generation setting.
 """
 
@@ -15,16 +15,17 @@ import json
 import os
 import tempfile
 from dataclasses import asdict
-from math import gcd
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 
 from mmoe.datamodules.separation.espeak import ESpeak, Voice, list_variants
+from mmoe.inputs.audio import resample as resample_audio
 
 #: bump when synthesis or the grammar changes: part of the cache key
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: torchaudio's resampler instead of scipy's polyphase filter
 ACCENTS = ("en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc")
 Split = Literal["train", "val", "test"]
 
@@ -89,13 +90,9 @@ def make_voices(num: int, variants: list[str], seed: int) -> list[Voice]:
 
 
 def resample(audio: np.ndarray, orig: int, target: int) -> np.ndarray:
-    """Polyphase resampling (scipy) from ``orig`` to ``target`` Hz."""
-    if orig == target:
-        return audio.astype(np.float32)
-    from scipy.signal import resample_poly
-
-    g = gcd(orig, target)
-    return resample_poly(audio, target // g, orig // g).astype(np.float32)
+    """``audio`` from ``orig`` to ``target`` Hz with the one resampler every reader uses
+    (:func:`mmoe.inputs.audio.resample`, torchaudio's windowed sinc)."""
+    return resample_audio(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), orig, target).numpy()
 
 
 def trim_silence(audio: np.ndarray, sample_rate: int, threshold_db: float = -40.0) -> np.ndarray:

@@ -46,6 +46,8 @@ import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from mmoe.inputs.image import read_image
+
 Modality = Literal["depth", "thermal", "event"]
 MODALITIES: tuple[str, ...] = ("depth", "thermal", "event")
 ATTRIBUTES: tuple[str, ...] = ("occlusion", "out_of_view", "dark", "overexposed", "camouflage",
@@ -101,10 +103,8 @@ def _source(name: str) -> tuple[np.ndarray, np.ndarray | None]:
         return left.astype(np.float32) / 255.0, depth.astype(np.float32)
     if name == "grace_hopper":  # matplotlib's sample photograph (in its wheel)
         from matplotlib.cbook import get_sample_data
-        from PIL import Image
 
-        with Image.open(get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
-            pixels = np.asarray(im.convert("RGB"))
+        pixels = read_image(get_sample_data("grace_hopper.jpg", asfileobj=False), "grace_hopper.jpg")
     else:
         pixels = getattr(skimage.data, name)()
     if pixels.ndim == 2:

@@ -19,19 +19,17 @@ import math
 import numpy as np
 import torch
 from scipy.ndimage import label as label_regions
-from scipy.stats import rankdata
 from torchmetrics import Metric
+from torchmetrics.functional.classification import binary_auroc
 from torchmetrics.utilities import dim_zero_cat
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` for binary ``labels`` (ties count one half); NaN when one class is missing."""
     scores, labels = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
-    P, N = int(labels.sum()), int((~labels).sum())
-    if P == 0 or N == 0:
-        return math.nan
-    ranks = rankdata(scores)  # average ranks of ties
-    return float((ranks[labels].sum() - P * (P + 1) / 2) / (P * N))
+    if labels.all() or not labels.any():
+        return math.nan  # torchmetrics would return 0 with a warning
+    return float(binary_auroc(torch.from_numpy(scores), torch.from_numpy(labels).long()))
 
 
 def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> float:

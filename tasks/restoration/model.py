@@ -50,6 +50,7 @@ from mmoe.backbone import BlockSpec, MultimodalMoEBackbone
 from mmoe.mixers import register_mixer
 from mmoe.moe_layer import MoELayer
 from mmoe.routers import NestedRouter, register_router
+from mmoe.progress import predict_progress
 from mmoe.settings import MoESettings, require_router
 from mmoe.validation import check_choice, check_number, check_positive_int
 
@@ -362,11 +363,13 @@ class WaveletMoERestorer(nn.Module):
         tiles = [(i, j) for i in _tile_starts(H, th, overlap, self.multiple)
                  for j in _tile_starts(W, tw, overlap, self.multiple)]
         forced = None
+        bar = predict_progress(len(tiles) * (1 if self.dense else 2), "restoring tiles")
         if not self.dense:
             total = 0
             for i, j in tiles:
                 self(x[..., i:i + th, j:j + tw])
                 total = total + torch.stack(self.group_logits())
+                bar.update()
             forced = total / len(tiles)  # [L, B, G]: tiles have equal sizes, a plain mean
         out, weight = torch.zeros_like(x), x.new_zeros(1, 1, H, W)
         for i, j in tiles:
@@ -375,4 +378,6 @@ class WaveletMoERestorer(nn.Module):
             w = (wy[:, None] * wx[None, :]).to(x.dtype)
             out[..., i:i + th, j:j + tw] += self(x[..., i:i + th, j:j + tw], forced) * w
             weight[..., i:i + th, j:j + tw] += w
+            bar.update()
+        bar.close()
         return out / weight, self.last_logits

@@ -29,6 +29,7 @@ from torch import nn
 from mmoe.backbone import BlockSpec, MultimodalMoEBackbone, sinusoidal_positions
 from mmoe.mixers import SelfAttention, register_mixer
 from mmoe.moe_layer import MoELayer
+from mmoe.progress import predict_progress
 from mmoe.settings import MoESettings
 from mmoe.validation import check_choice, check_positive_int
 
@@ -341,9 +342,11 @@ class TFMoESeparator(nn.Module):
         import itertools
 
         perms = [list(p) for p in itertools.permutations(range(self.num_speakers))]
+        bar = predict_progress(len(starts), "separating chunks")
         for s in starts:
             e = min(s + chunk, L)
             est = self(mixture[:, s:e])  # [B, S, n]
+            bar.update()
             if prev is not None:
                 o0, o1 = s, min(prev_start + prev.shape[-1], e)  # the overlap in absolute samples
                 a = prev[..., o0 - prev_start:o1 - prev_start]
@@ -364,6 +367,7 @@ class TFMoESeparator(nn.Module):
             out[..., s:e] += est * ramp
             weight[s:e] += ramp
             prev, prev_start = est, s
+        bar.close()
         return out / weight.clamp_min(1e-6)
 
     def routing_maps(self) -> dict[str, torch.Tensor]:

@@ -37,7 +37,11 @@ def _valid(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def box_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """IoU of matching rows of two ``[N, 4]`` xywh box sets: ``[N]``; 0 where either box is invalid."""
+    """IoU of matching rows of two ``[N, 4]`` xywh box sets: ``[N]``; 0 where either box is invalid.
+
+    Not ``torchvision.ops.box_iou``: that one is pairwise (``[N, M]``), so a track of N frames would
+    take N^2 memory for the diagonal this computes directly (tests check it against torchvision's
+    diagonal)."""
     x1 = torch.maximum(pred[:, 0], gt[:, 0])
     y1 = torch.maximum(pred[:, 1], gt[:, 1])
     x2 = torch.minimum(pred[:, 0] + pred[:, 2], gt[:, 0] + gt[:, 2])

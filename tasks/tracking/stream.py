@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from mmoe.progress import predict_progress
 from mmoe.datamodules.tracking.crops import crop_around
 from mmoe.tasks.tracking.io import TrackingPreprocess, as_float_frame, check_box, clip_boxes, rgb_frame
 from mmoe.tasks.tracking.model import X_KINDS, decode_boxes
@@ -187,8 +188,11 @@ def track_sequence(task: TrackingTask, frames: Any, x: Any, init_box: Any, modal
     confidence 1."""
     tracker = Tracker(task, frames[0], init_box, x[0] if x is not None else None, modality)
     boxes, conf = [check_box(init_box)], [1.0]
+    bar = predict_progress(len(frames) - 1, "tracking frames")
     for t in range(1, len(frames)):
         box, c = tracker.update(frames[t], x[t] if x is not None and tracker.uses_x else None)
         boxes.append(box)
         conf.append(c)
+        bar.update()
+    bar.close()
     return {"boxes": torch.from_numpy(np.stack(boxes)), "confidence": torch.tensor(conf, dtype=torch.float64)}
