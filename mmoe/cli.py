@@ -49,7 +49,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 import mmoe.parallel  # noqa: F401  registers --trainer.strategy ddp_expert_parallel
 from mmoe.datamodules import DATAMODULES
 from mmoe.progress import RecipeProgressBar
-from mmoe.recipes import resolve_config
+from mmoe.recipes import resolve_config, shipped_configs
 from mmoe.routing_monitor import RoutingMonitor
 from mmoe.loading import check_bounded, check_init_args, import_class, torch_load_weights_only, trusted_modules
 from mmoe.safe_checkpoint import SafeCheckpointIO
@@ -317,8 +317,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> MMoECLI:
         parser_kwargs={
             "parser_mode": _PARSER_MODE, **{c: {"parser_mode": _PARSER_MODE} for c in MMoECLI.subcommands()},
             "description": "mmoe: train, test and predict with the task models. `mmoe list` shows the tasks, "
-                           "datamodules and shipped recipes; --config takes a file or a recipe name "
-                           "(e.g. pde/nested_moe_2d).",
+                           "datamodules and shipped recipes with what each does; --config takes a file or a "
+                           "recipe name. Shipped recipes: " + ", ".join(shipped_configs()) + ".",
         },
         auto_configure_optimizers=False,
     )

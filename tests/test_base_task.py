@@ -204,3 +204,16 @@ def test_mmoe_list_is_fast_and_whole(tmp_path: Path) -> None:
     assert len(recipes) == len(shipped_configs())
     for line in recipes:
         assert line.rstrip().endswith((".", "!", "?")), line
+
+
+def test_mmoe_help_names_list_and_every_recipe(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "mmoe", "--help"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    text = " ".join(run.stdout.split())
+    assert "`mmoe list`" in text
+    for name in shipped_configs():
+        assert name in text, name
