@@ -34,15 +34,14 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from mmoe.datamodules.anomaly import bmad, sources
 from mmoe.datamodules.anomaly.lesions import simulate_lesion
 from mmoe.datamodules.anomaly.preprocess import AnomalyPreprocess
 from mmoe.datamodules.anomaly.pseudo import KINDS, synthesize
+from mmoe.datamodules.base import MMoEDataModule
 from mmoe.inputs.image import DICOM_SUFFIXES, IMAGE_SUFFIXES, NIFTI_SUFFIXES
-from mmoe.prediction import PredictItems, list_inputs, predict_loader, split_items
 from mmoe.sampling import EpochSampler
 from mmoe.validation import check_choice, check_positive_int
 
@@ -203,7 +202,7 @@ class EvalDataset(Dataset):
         return _sample(image, mask, int(e.anomaly != "none"), e.item.modality, True)
 
 
-class AnomalyDataModule(LightningDataModule):
+class AnomalyDataModule(MMoEDataModule):
     """Anomaly detection batches (see the module docstring for the keys).
 
     Args:
@@ -324,34 +323,32 @@ class AnomalyDataModule(LightningDataModule):
         self.val_dataset = EvalDataset(val, hp.image_size, names)
         self.test_dataset = EvalDataset(test, hp.image_size, names)
 
-    def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
-        w = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, shuffle=False, num_workers=w,
-                          persistent_workers=w > 0)
-
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.train_dataset, EpochSampler(len(self.train_dataset)))
+        return self.loader(self.train_dataset, sampler=EpochSampler(len(self.train_dataset)))
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.val_dataset)
+        return self.loader(self.val_dataset)
 
     def test_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.test_dataset)
+        return self.loader(self.test_dataset)
 
     def reference_dataloader(self) -> DataLoader:
         """Normal training images, unaugmented (see :class:`ReferenceDataset`), for the feature bank."""
         self.setup()
-        return self._loader(self.reference_dataset)
+        return self.loader(self.reference_dataset)
 
-    def predict_dataloader(self) -> DataLoader:
-        if self.hparams.predict_path is not None:
-            files = list_inputs(self.hparams.predict_path, IMAGE_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES,
-                                folders=_is_dicom_series)
-            return predict_loader(PredictItems([n for n, _ in files], lambda i: {"images": str(files[i][1])}))
+    predict_suffixes = IMAGE_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES
+
+    def is_predict_folder(self, path: Path) -> bool:
+        return _is_dicom_series(path)
+
+    def predict_file_inputs(self, path: Path) -> dict[str, Any]:
+        return {"images": str(path)}
+
+    def predict_split(self) -> tuple[Dataset, Any, list[str]]:
         self.setup()
         names = self.modality_names
-        return predict_loader(split_items(
-            self.test_dataset, lambda s: {"images": s["image"], "modality": names[int(s["modality"])]}, self.test_names))
+        return self.test_dataset, lambda s: {"images": s["image"], "modality": names[int(s["modality"])]}, self.test_names

@@ -10,20 +10,20 @@ conversation. A batch holds ``batch_size`` conversations in the layout of
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from mmoe.datamodules.base import MMoEDataModule
 from mmoe.datamodules.emotion import predict_files
 from mmoe.datamodules.emotion.conversation import SAMPLE_RATE, collate_conversations
 from mmoe.datamodules.emotion.preprocess import EmotionPreprocess
 from mmoe.datamodules.emotion.readers import IEMOCAP_CLASSES, MELD_CLASSES, read_iemocap, read_meld
 from mmoe.datamodules.emotion.synthetic import CLASSES, UTTERANCE_TYPES, generate_conversations
 from mmoe.inputs.audio import pcm_to_float
-from mmoe.prediction import PredictItems, list_inputs, predict_loader, split_items
 from mmoe.validation import check_choice, check_positive_int
 
 DATASETS = ("synthetic", "iemocap", "meld")
@@ -56,7 +56,7 @@ def _windows(conversations: list[list[dict]], max_turns: int | None) -> list[lis
     return [c[i: i + max_turns] for c in conversations for i in range(0, len(c), max_turns)]
 
 
-class EmotionDataModule(LightningDataModule):
+class EmotionDataModule(MMoEDataModule):
     """Conversations for emotion recognition; see the module docstring.
 
     Args:
@@ -168,8 +168,7 @@ class EmotionDataModule(LightningDataModule):
         hp = self.hparams
         collate = partial(collate_conversations, context_length=hp.context_length, sample_rate=SAMPLE_RATE,
                           max_seconds=hp.max_seconds)
-        return DataLoader(self.split_dataset(split), batch_size=hp.batch_size, shuffle=shuffle, collate_fn=collate,
-                          num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
+        return self.loader(self.split_dataset(split), shuffle=shuffle, collate_fn=collate)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
@@ -180,15 +179,15 @@ class EmotionDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False)
 
-    def predict_dataloader(self) -> DataLoader:
-        if self.hparams.predict_path is not None:
-            files = list_inputs(self.hparams.predict_path, predict_files.SUFFIXES)
-            return predict_loader(PredictItems([n for n, _ in files],
-                                               lambda i: predict_files.read_conversation(files[i][1])))
+    predict_suffixes = predict_files.SUFFIXES
 
+    def predict_file_inputs(self, path: Path) -> dict[str, Any]:
+        return predict_files.read_conversation(path)
+
+    def predict_split(self) -> tuple[Dataset, Any, None]:
         def inputs(conversation: list[dict]) -> dict[str, Any]:
             keep = ("text", "audio", "sample_rate")
             return {"conversation": [{k: u[k] for k in keep if u.get(k) is not None} for u in conversation]}
 
-        return predict_loader(split_items(self.split_dataset("test"), inputs))
+        return self.split_dataset("test"), inputs, None
 

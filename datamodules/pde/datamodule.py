@@ -44,17 +44,16 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from mmoe.datamodules.base import MMoEDataModule
 from mmoe.datamodules.pde import predict_files
 from mmoe.datamodules.pde import solvers as S
 from mmoe.datamodules.pde.preprocess import (EMBEDDED_PARAMETER_RANGES as RANGES, FAMILY_PARAMETERS,
                                              PDEPreprocess, encode_parameter)
-from mmoe.prediction import PredictItems, list_inputs, predict_loader, split_items
 
 FAMILIES: dict[int, tuple[str, ...]] = {2: ("darcy", "heat", "advection", "allen_cahn"), 1: ("burgers",)}
 IN_CHANNELS: dict[int, int] = {2: 5, 1: 2}
@@ -327,7 +326,7 @@ def split_indices(
 # ---------------------------------------------------------------------------------------
 # DataModule
 # ---------------------------------------------------------------------------------------
-class PDEDataModule(pl.LightningDataModule):
+class PDEDataModule(MMoEDataModule):
     """Operator-learning batches ``{"input": [B, C, *grid], "target": [B, 1, *grid],
     "family": [B] long}`` from generated families (``path=None``) or a PDEBench file.
 
@@ -484,11 +483,8 @@ class PDEDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("PDEDataModule: call setup() before requesting a dataloader")
-        w = self.hparams.num_workers
-        return DataLoader(
-            dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=w, persistent_workers=w > 0,
-            generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle else None,
-        )
+        return self.loader(dataset, shuffle=shuffle,
+                           generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, True)
@@ -499,10 +495,12 @@ class PDEDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_dataset, False)
 
-    def predict_dataloader(self) -> DataLoader:
-        if self.hparams.predict_path is not None:
-            files = list_inputs(self.hparams.predict_path, predict_files.SUFFIXES)
-            return predict_loader(PredictItems([n for n, _ in files], lambda i: predict_files.read_field_file(files[i][1])))
+    predict_suffixes = predict_files.SUFFIXES
+
+    def predict_file_inputs(self, path: Path) -> dict[str, Any]:
+        return predict_files.read_field_file(path)
+
+    def predict_split(self) -> tuple[Dataset, Any, None]:
         if self.test_dataset is None:
             self.setup("test")
         names = self.family_names
@@ -511,4 +509,4 @@ class PDEDataModule(pl.LightningDataModule):
             fid = int(sample["family"])
             return {"field": sample["input"][None], "family": names[fid] if 0 <= fid < len(names) else None}
 
-        return predict_loader(split_items(self.test_dataset, inputs))
+        return self.test_dataset, inputs, None

@@ -31,9 +31,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from mmoe.datamodules.base import MMoEDataModule
 from mmoe.datamodules.restoration import synthetic
 from mmoe.datamodules.restoration.degradations import DEGRADATION_NAMES, NOISE_SIGMAS, degrade
 from mmoe.datamodules.restoration.preprocess import RestorationPreprocess
@@ -46,7 +46,6 @@ from mmoe.datamodules.restoration.readers import (
     read_promptir_train,
 )
 from mmoe.inputs.image import IMAGE_SUFFIXES
-from mmoe.prediction import PredictItems, list_inputs, predict_loader, split_items
 from mmoe.sampling import EpochSampler
 from mmoe.validation import check_choice, check_number, check_positive_int
 
@@ -229,7 +228,7 @@ def _hold_out(records: list[Record], per_degradation: int) -> tuple[list[Record]
     return train, val
 
 
-class RestorationDataModule(LightningDataModule):
+class RestorationDataModule(MMoEDataModule):
     """All-in-one restoration batches (see the module docstring for the keys).
 
     Args:
@@ -381,25 +380,23 @@ class RestorationDataModule(LightningDataModule):
         self.test_dataset = EvalDataset(test, names)
 
     # -- loaders -----------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
-        w = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=w,
-                          persistent_workers=w > 0)
-
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.train_dataset, self.hparams.batch_size, EpochSampler(len(self.train_dataset)))
+        return self.loader(self.train_dataset, sampler=EpochSampler(len(self.train_dataset)))
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.val_dataset, self.hparams.batch_size)
+        return self.loader(self.val_dataset)
 
     def test_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.test_dataset, 1)
+        return self.loader(self.test_dataset, 1)
 
-    def predict_dataloader(self) -> DataLoader:
-        if self.hparams.predict_path is not None:
-            files = list_inputs(self.hparams.predict_path, IMAGE_SUFFIXES)
-            return predict_loader(PredictItems([n for n, _ in files], lambda i: {"image": str(files[i][1])}))
-        return predict_loader(split_items(self.test_dataset, lambda sample: {"image": sample["input"]}, self.test_names))
+    predict_suffixes = IMAGE_SUFFIXES
+
+    def predict_file_inputs(self, path: Path) -> dict[str, Any]:
+        return {"image": str(path)}
+
+    def predict_split(self) -> tuple[Dataset, Any, list[str]]:
+        names = self.test_names  # sets the data up
+        return self.test_dataset, lambda sample: {"image": sample["input"]}, names

@@ -20,18 +20,17 @@ every draw a pure function of ``(seed, epoch, index)``; validation mixtures are 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from mmoe.datamodules.base import MMoEDataModule
 from mmoe.datamodules.separation import speech
 from mmoe.datamodules.separation.readers import MixtureRecord, load_record, read_librimix, read_wsj0_2mix
 from mmoe.datamodules.separation.preprocess import SeparationPreprocess
 from mmoe.inputs.audio import AUDIO_SUFFIXES
-from mmoe.prediction import PredictItems, list_inputs, predict_loader, split_items
 from mmoe.sampling import EpochSampler
 from mmoe.validation import check_choice, check_number, check_positive_int
 
@@ -149,7 +148,7 @@ class RecordDataset(Dataset):
                 "sources": torch.from_numpy(np.ascontiguousarray(src))}
 
 
-class SeparationDataModule(LightningDataModule):
+class SeparationDataModule(MMoEDataModule):
     """Two-speaker separation data (see the module docstring for the batches).
 
     Args:
@@ -276,9 +275,7 @@ class SeparationDataModule(LightningDataModule):
             self.test_set = RecordDataset(read(splits[2]), hp.sample_rate, None, False, hp.seed)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=EpochSampler(len(self.train_set)),
-                          num_workers=self.hparams.num_workers, drop_last=True,
-                          persistent_workers=self.hparams.num_workers > 0)
+        return self.loader(self.train_set, sampler=EpochSampler(len(self.train_set)), drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
@@ -286,10 +283,12 @@ class SeparationDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.test_set, batch_size=1, num_workers=self.hparams.num_workers)
 
-    def predict_dataloader(self) -> DataLoader:
-        if self.hparams.predict_path is not None:
-            files = list_inputs(self.hparams.predict_path, AUDIO_SUFFIXES)
-            return predict_loader(PredictItems([n for n, _ in files], lambda i: {"audio": str(files[i][1])}))
+    predict_suffixes = AUDIO_SUFFIXES
+
+    def predict_file_inputs(self, path: Path) -> dict[str, Any]:
+        return {"audio": str(path)}
+
+    def predict_split(self) -> tuple[Dataset, Any, None]:
         self.setup("predict")
         rate = self.hparams.sample_rate
-        return predict_loader(split_items(self.test_set, lambda s: {"audio": s["mixture"].numpy(), "sample_rate": rate}))
+        return self.test_set, lambda s: {"audio": s["mixture"].numpy(), "sample_rate": rate}, None

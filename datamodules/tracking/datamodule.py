@@ -44,16 +44,15 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from mmoe.datamodules.base import MMoEDataModule
 from mmoe.datamodules.tracking import predict_files, readers
 from mmoe.datamodules.tracking.crops import crop_around
 from mmoe.datamodules.tracking.preprocess import TrackingPreprocess
 from mmoe.datamodules.tracking.synthetic import ATTRIBUTES, MODALITIES, render_sequence
 from mmoe.inputs.video import VIDEO_EXTENSIONS, image_size, read_image
-from mmoe.prediction import PredictItems, list_inputs, predict_loader, split_items
 from mmoe.sampling import EpochSampler
 from mmoe.validation import check_choice, check_number, check_positive_int
 
@@ -257,7 +256,7 @@ def _read_real(dataset: str, root: str, split: Literal["train", "test"]) -> list
     return out
 
 
-class TrackingDataModule(LightningDataModule):
+class TrackingDataModule(MMoEDataModule):
     """Tracking batches (see the module docstring).
 
     Args:
@@ -388,9 +387,7 @@ class TrackingDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
-        w = self.hparams.num_workers
-        return DataLoader(self.train_dataset, batch_size=self.hparams.batch_size,
-                          sampler=EpochSampler(len(self.train_dataset)), num_workers=w, persistent_workers=w > 0)
+        return self.loader(self.train_dataset, sampler=EpochSampler(len(self.train_dataset)))
 
     def _sequences(self, dataset: SequenceDataset) -> DataLoader:
         return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=0)
@@ -403,10 +400,15 @@ class TrackingDataModule(LightningDataModule):
         self.setup("test")
         return self._sequences(self.test_dataset)
 
-    def predict_dataloader(self) -> DataLoader:
-        if self.hparams.predict_path is not None:
-            seqs = list_inputs(self.hparams.predict_path, VIDEO_EXTENSIONS, folders=predict_files.is_sequence_folder)
-            return predict_loader(PredictItems([n for n, _ in seqs], lambda i: predict_files.read_sequence(seqs[i][1])))
+    predict_suffixes = VIDEO_EXTENSIONS
+
+    def is_predict_folder(self, path: Path) -> bool:
+        return predict_files.is_sequence_folder(path)
+
+    def predict_file_inputs(self, path: Path) -> dict[str, Any]:
+        return predict_files.read_sequence(path)
+
+    def predict_split(self) -> tuple[Dataset, Any, list[str]]:
         self.setup("test")
 
         def inputs(item: dict[str, Any]) -> dict[str, Any]:
@@ -415,5 +417,4 @@ class TrackingDataModule(LightningDataModule):
                 out.update(x_frames=item["x"].numpy(), modality=item["modality"])
             return out
 
-        names = [s.name for s in self.test_dataset.sequences]
-        return predict_loader(split_items(self.test_dataset, inputs, names))
+        return self.test_dataset, inputs, [s.name for s in self.test_dataset.sequences]
