@@ -36,6 +36,16 @@ GRID = [(T, D, H, 64, 8) for H in (128, 256) for D in (256, 512) for T in (512, 
     (2048, 512, 1792, 8, 2),
 ]
 QUICK_GRID = [(256, 64, 64, 8, 2), (256, 64, 32, 64, 8)]
+# (dim, hidden, E, k) of each task's shipped MoE recipe (configs/<task>/<recipe>.yaml), run with the
+# softmax router (the recipes' own routers, e.g. nested or task-routed, need their task's inputs)
+TASK_DIMS = {
+    "anomaly/default": (64, 128, 8, 1),
+    "emotion/mister_e": (64, 128, 8, 2),
+    "pde/nested_moe_2d": (64, 128, 16, 1),
+    "separation/tfmoe_8k": (32, 48, 8, 2),
+    "tracking/unified": (128, 256, 4, 1),
+    "restoration/all_in_one_3": (64, 128, 9, 1),
+}
 METHODS = ("mmoe", "mmoe_reference", "naive_loop", "dense_equal_flops")
 
 
@@ -135,6 +145,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--task_dims", type=int, nargs="+", metavar="TOKENS",
+                        help="instead of the grid: each task recipe's MoE dims (TASK_DIMS) at these token counts")
     parser.add_argument("--shapes", type=int, nargs="+", help="indices into the grid to run (default: all)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -143,6 +155,8 @@ def main() -> None:
         print(json.dumps(measure(method, T, dim, hidden, E, k, repeats)))
         return
     grid = QUICK_GRID if args.quick else GRID
+    if args.task_dims:
+        grid = [(T, *dims) for dims in TASK_DIMS.values() for T in args.task_dims]
     if args.shapes:
         grid = [grid[i] for i in args.shapes]
     repeats = args.repeats or (3 if args.quick else 7)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mmoe.kernels import backend_ops, reference
 
 import mmoe.moe_layer as moe_layer_module
 from mmoe import MoELayer, cpu_dispatch
-from mmoe.kernels import backend_ops, reference
 
 
 def test_torch_backend_is_the_fast_path() -> None:
@@ -45,6 +45,7 @@ def _grads(fn, inputs):
     return y, [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
 
 
+@pytest.mark.parametrize("chunk", [1 << 20, 40])  # one chunk of experts, or many (a few rows each)
 @pytest.mark.parametrize("activation", ["swiglu", "gelu"])
 @pytest.mark.parametrize("T,D,H,E,k,capacity", [
     (0, 8, 4, 3, 2, None),  # no token
@@ -53,7 +54,8 @@ def _grads(fn, inputs):
     (50, 16, 8, 9, 3, None),
 ])
 def test_expert_mlp_matches_per_pair_loop(activation: str, T: int, D: int, H: int, E: int, k: int,
-                                          capacity: int | None) -> None:
+                                          capacity: int | None, chunk: int, monkeypatch) -> None:
+    monkeypatch.setattr(cpu_dispatch, "_CHUNK_ELEMENTS", chunk)
     torch.manual_seed(T + D + E)
     dt = torch.float64
     width = 2 * H if activation == "swiglu" else H
@@ -77,13 +79,15 @@ def test_expert_mlp_matches_per_pair_loop(activation: str, T: int, D: int, H: in
     y_ref, ref_grads = _grads(loop, [x, w_in, w_out, gate])
     torch.testing.assert_close(y, y_ref)
     for name, a, b in zip(["x", "w_in", "w_out", "gate"], grads, ref_grads):
-        torch.testing.assert_close(a, b, msg=lambda m: f"grad {name}: {m}")
+        torch.testing.assert_close(a, b, msg=lambda m, name=name: f"grad {name}: {m}")
     with torch.no_grad():  # the inference path (no saved tensors) gives the same output
         torch.testing.assert_close(fast(x, w_in, w_out, gate), y)
 
 
-def test_expert_mlp_fp32_and_single_input_grad() -> None:
+@pytest.mark.parametrize("chunk", [1 << 20, 100])
+def test_expert_mlp_fp32_and_single_input_grad(chunk: int, monkeypatch) -> None:
     """fp32 runs the grouped GEMMs (not the fp64 fallback); a gradient for x alone works too."""
+    monkeypatch.setattr(cpu_dispatch, "_CHUNK_ELEMENTS", chunk)
     torch.manual_seed(0)
     T, D, H, E, k = 70, 16, 8, 8, 2
     x = torch.randn(T, D, requires_grad=True)
@@ -134,6 +138,7 @@ def _run(layer: MoELayer, x: torch.Tensor, mod: torch.Tensor, ops, monkeypatch) 
 @pytest.mark.parametrize("T", [0, 1, 29])
 def test_layer_matches_reference_ops(router: str, capacity: tuple, T: int, monkeypatch) -> None:
     """Every router and capacity mode: output, input/expert/router gradients as with the reference ops."""
+    monkeypatch.setattr(cpu_dispatch, "_CHUNK_ELEMENTS", 64)  # several expert chunks even at these sizes
     torch.manual_seed(T)
     layer = _layer(router, *capacity)
     x = torch.randn(1, T, 12, dtype=torch.float64)
@@ -142,4 +147,4 @@ def test_layer_matches_reference_ops(router: str, capacity: tuple, T: int, monke
     ref = _run(layer, x, mod, reference, monkeypatch)
     names = ["y", "x", *[n for n, p in layer.named_parameters() if p.requires_grad]]
     for name, a, b in zip(names, fast, ref):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"{name}: {m}")
