@@ -226,3 +226,22 @@ def paper_macs_keep(pairs: list[tuple[int, int, float]], modality: list[int], to
                       key=lambda i: (-value[pairs[i][0]] * pairs[i][2], i))
         kept.update((text + seen)[:capacity])
     return kept, capacity
+
+
+def random_pairs(gen: torch.Generator, T: int, E: int, k: int, M: int, pruned: bool,
+                 skew: float = 0.0) -> tuple[torch.Tensor, ...]:
+    """Top-k pairs of random distributions; some distributions sharp, some flat; ``pruned``: some
+    pairs point at expert E (computed by nobody, as BEAM's pruned pairs); ``skew``: the share of
+    tokens moved to modality ``M - 1`` (a majority modality that is not always id 0).
+    Returns ``pair_token, pair_expert, gate, modality, probs``."""
+    sharp = torch.rand(T, 1, generator=gen) * 4  # sharp rows, not saturated in float32 (no exact ties)
+    probs = torch.softmax(torch.randn(T, E, generator=gen) * sharp, dim=-1)
+    top = probs.topk(k, dim=-1)
+    pair_token = torch.arange(T).repeat_interleave(k)
+    pair_expert = top.indices.reshape(-1)
+    if pruned and pair_expert.numel():
+        pair_expert = torch.where(torch.rand(pair_expert.shape, generator=gen) < 0.2, E, pair_expert)
+    modality = torch.randint(0, M, (T,), generator=gen)
+    if skew:
+        modality = torch.where(torch.rand(T, generator=gen) < skew, M - 1, modality)
+    return pair_token, pair_expert, top.values.reshape(-1), modality, probs

@@ -18,7 +18,7 @@ from mmoe import MoELayer
 from mmoe.capacity import paper_macs_capacity, paper_macs_priority, token_value
 from mmoe.kernels import reference
 from mmoe.settings import MoESettings
-from naive_moe import naive_forward, paper_macs_keep
+from naive_moe import naive_forward, paper_macs_keep, random_pairs
 
 
 def kept_by_mmoe(pair_token: torch.Tensor, pair_expert: torch.Tensor, gate: torch.Tensor, modality: torch.Tensor,
@@ -116,21 +116,6 @@ def test_hand_case_drops_are_counted_per_modality() -> None:
 
 
 # ------------------------------------------------------------------ random cases, odd sizes
-def random_pairs(gen: torch.Generator, T: int, E: int, k: int, M: int, pruned: bool,
-                 skew: float) -> tuple[torch.Tensor, ...]:
-    sharp = torch.rand(T, 1, generator=gen) * 4
-    probs = torch.softmax(torch.randn(T, E, generator=gen) * sharp, dim=-1)
-    top = probs.topk(k, dim=-1)
-    pair_token = torch.arange(T).repeat_interleave(k)
-    pair_expert = top.indices.reshape(-1)
-    if pruned and pair_expert.numel():
-        pair_expert = torch.where(torch.rand(pair_expert.shape, generator=gen) < 0.2, E, pair_expert)
-    modality = torch.randint(0, M, (T,), generator=gen)
-    # a majority modality (not always id 0)
-    modality = torch.where(torch.rand(T, generator=gen) < skew, M - 1, modality)
-    return pair_token, pair_expert, top.values.reshape(-1), modality, probs
-
-
 CASES = [  # T, E, k, M, cf
     (0, 4, 2, 2, 0.5),      # zero tokens
     (1, 4, 2, 2, 0.5),      # one token

@@ -16,7 +16,7 @@ import torch
 from mmoe import MoELayer
 from mmoe.capacity import macs_priority, token_value
 from mmoe.kernels import reference
-from naive_moe import macs_keep, macs_token_value, naive_forward
+from naive_moe import macs_keep, macs_token_value, naive_forward, random_pairs
 
 
 def kept_by_mmoe(pair_token: torch.Tensor, pair_expert: torch.Tensor, gate: torch.Tensor, modality: torch.Tensor,
@@ -93,20 +93,6 @@ def test_hand_case_through_the_layer_keeps_the_same_pairs() -> None:
 
 
 # ------------------------------------------------------------------ random cases, odd sizes
-def random_pairs(gen: torch.Generator, T: int, E: int, k: int, M: int, pruned: bool) -> tuple[torch.Tensor, ...]:
-    """Top-k pairs of random distributions; some distributions sharp, some flat; ``pruned``: some
-    pairs point at expert E (computed by nobody, as BEAM's pruned pairs)."""
-    sharp = torch.rand(T, 1, generator=gen) * 4  # sharp rows, not saturated in float32 (no exact ties)
-    probs = torch.softmax(torch.randn(T, E, generator=gen) * sharp, dim=-1)
-    top = probs.topk(k, dim=-1)
-    pair_token = torch.arange(T).repeat_interleave(k)
-    pair_expert = top.indices.reshape(-1)
-    if pruned and pair_expert.numel():
-        pair_expert = torch.where(torch.rand(pair_expert.shape, generator=gen) < 0.2, E, pair_expert)
-    modality = torch.randint(0, M, (T,), generator=gen)
-    return pair_token, pair_expert, top.values.reshape(-1), modality, probs
-
-
 CASES = [  # T, E, k, M, capacity
     (0, 4, 2, 2, 0),        # zero tokens
     (0, 4, 2, 2, 3),
