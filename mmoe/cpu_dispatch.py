@@ -155,8 +155,10 @@ def _mlp_forward(x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, token
                  keep_pre: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(y [T, dim], pre-activations [n, 2H or H] if keep_pre)`` over the ``n`` live pairs, chunk by chunk."""
     y = torch.zeros(x.shape[0], w_out.shape[-1], dtype=x.dtype, device=x.device)
-    pre_all = x.new_empty(token.numel(), w_in.shape[-1]) if keep_pre else None
-    for e0, e1, r0, r1 in _chunks(offsets, max(x.shape[1], w_in.shape[-1])):
+    chunks = _chunks(offsets, max(x.shape[1], w_in.shape[-1]))
+    # one chunk (small T): keep its buffer as is instead of copying it into a preallocated one
+    pre_all = x.new_empty(token.numel(), w_in.shape[-1]) if keep_pre and len(chunks) > 1 else None
+    for e0, e1, r0, r1 in chunks:
         if r1 == r0:
             continue
         sub = offsets[e0:e1 + 1] - r0
@@ -164,6 +166,8 @@ def _mlp_forward(x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, token
         pre = grouped_linear(x.index_select(0, tok), w_in[e0:e1], sub)
         if pre_all is not None:
             pre_all[r0:r1] = pre
+        elif keep_pre:
+            pre_all = pre
         hw = activate(pre, activation).mul_(weight[r0:r1].unsqueeze(-1))  # the gate scales H columns, not dim
         y.index_add_(0, tok, grouped_linear(hw, w_out[e0:e1], sub).to(y.dtype))
     return y, pre_all
@@ -183,11 +187,13 @@ class _ExpertMLP(torch.autograd.Function):
     def backward(ctx, gy):
         x, w_in, w_out, token, weight, offsets, pre_all = ctx.saved_tensors
         need_x, need_in, need_out, _, need_w = ctx.needs_input_grad[:5]
+        chunks = _chunks(offsets, max(x.shape[1], w_in.shape[-1]))
+        whole = len(chunks) == 1  # one chunk (small T): its results are the gradients, no copies
         d_x = torch.zeros_like(x) if need_x else None
-        d_in = torch.zeros_like(w_in) if need_in else None
-        d_out = torch.zeros_like(w_out) if need_out else None
-        d_weight = torch.zeros_like(weight) if need_w else None
-        for e0, e1, r0, r1 in _chunks(offsets, max(x.shape[1], w_in.shape[-1])):
+        d_in = torch.zeros_like(w_in) if need_in and not whole else None
+        d_out = torch.zeros_like(w_out) if need_out and not whole else None
+        d_weight = torch.zeros_like(weight) if need_w and not whole else None
+        for e0, e1, r0, r1 in chunks:
             if r1 == r0:
                 continue
             sub, tok, n_e = offsets[e0:e1 + 1] - r0, token[r0:r1], e1 - e0
@@ -196,11 +202,22 @@ class _ExpertMLP(torch.autograd.Function):
             # activations recomputed from the saved pre-activations: cheaper than keeping [n, H] alive
             dw, hw, g_pre = _gated_backward(pre_all[r0:r1], g_hw, weight[r0:r1], ctx.activation, need_w)
             if need_w:
-                d_weight[r0:r1] = dw
+                if whole:
+                    d_weight = dw
+                else:
+                    d_weight[r0:r1] = dw
             if need_out:
-                d_out[e0:e1] = grouped_weight_grad(hw, g_out, sub, n_e)
+                g = grouped_weight_grad(hw, g_out, sub, n_e)
+                if whole:
+                    d_out = g
+                else:
+                    d_out[e0:e1] = g
             if need_in:
-                d_in[e0:e1] = grouped_weight_grad(x.index_select(0, tok), g_pre, sub, n_e)
+                g = grouped_weight_grad(x.index_select(0, tok), g_pre, sub, n_e)
+                if whole:
+                    d_in = g
+                else:
+                    d_in[e0:e1] = g
             if need_x:
                 d_x.index_add_(0, tok, grouped_linear(g_pre, w_in[e0:e1].transpose(1, 2), sub).to(x.dtype))
         return d_x, d_in, d_out, None, d_weight, None, None
