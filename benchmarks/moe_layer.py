@@ -1,6 +1,6 @@
 """CPU benchmark of MoELayer (torch backend) against a naive expert loop and an equal-FLOP dense FFN.
 
-Methods: ``mmoe`` (the torch backend: :mod:`mmoe.cpu_dispatch`), ``mmoe_reference`` (the same
+Methods: ``mmoe`` (the torch backend: :mod:`mmoe.kernels.cpu_dispatch`), ``mmoe_reference`` (the same
 layer on the reference ops of :mod:`mmoe.kernels.reference`: the path before the CPU fast path),
 ``naive_loop`` (Mixtral-style loop over experts) and ``dense_equal_flops`` (SwiGLU FFN of width
 ``k * hidden``). Each (shape, method) runs in its own subprocess, in the same order for every

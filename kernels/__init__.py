@@ -2,7 +2,7 @@
 
 :func:`backend_ops` returns the module whose ``topk_routing``, ``dispatch_metadata`` and
 ``expert_mlp`` a :class:`mmoe.MoELayer` calls; both backends share the signatures of
-:mod:`mmoe.kernels.reference`. The ``torch`` backend is :mod:`mmoe.cpu_dispatch` (the reference's
+:mod:`mmoe.kernels.reference`. The ``torch`` backend is :mod:`mmoe.kernels.cpu_dispatch` (the reference's
 results, computed faster on CPU); the reference itself stays what the Triton kernels match.
 """
 
@@ -13,7 +13,7 @@ from types import ModuleType
 
 import torch
 
-from mmoe.kernels import reference  # noqa: F401  (re-exported: the contract the backends match)
+from mmoe.kernels import cpu_dispatch, reference  # noqa: F401  (reference re-exported: the contract the backends match)
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -35,8 +35,6 @@ def backend_ops(backend: str, device: torch.device) -> ModuleType:
         backend = "triton" if device.type == "cuda" and triton_available() else "torch"
     if backend == "torch":
         # the reference's routing with the faster dispatch and (on CPU) expert MLP; same results
-        from mmoe import cpu_dispatch
-
         return cpu_dispatch
     if not triton_available():
         raise ValueError(

@@ -30,9 +30,6 @@ NOT_IMPORTED = {"mmoe.__main__"}
 LAZY_MMOE = {
     ("mmoe/recipes.py", "mmoe.cli"): "`mmoe list` answers without importing torch and Lightning",
     ("kernels/__init__.py", "mmoe.kernels.triton_backend"): "imports triton, needed only for backend='triton'",
-    # KNOWN LOOP, to remove: mmoe.cpu_dispatch (issue 34) imports mmoe.kernels.reference, so importing it at the
-    # top of kernels/__init__ closes a circle through the package; moving it to kernels/ removes the need
-    ("kernels/__init__.py", "mmoe.cpu_dispatch"): "a loop through the kernels package (see the comment above)",
 }
 #: third-party modules the core imports inside functions: heavy, used by one reader or one command
 LAZY_THIRD_PARTY = {

@@ -1,4 +1,4 @@
-"""The torch backend's CPU fast path (mmoe.cpu_dispatch) against simple references.
+"""The torch backend's CPU fast path (mmoe.kernels.cpu_dispatch) against simple references.
 
 Dispatch must give exactly the reference's metadata; the expert MLP (forward and its hand-written
 backward) must match the dumb per-pair loop; the whole layer must match the layer run on the
@@ -12,7 +12,8 @@ import torch
 from mmoe.kernels import backend_ops, reference
 
 import mmoe.moe_layer as moe_layer_module
-from mmoe import MoELayer, cpu_dispatch
+from mmoe import MoELayer
+from mmoe.kernels import cpu_dispatch
 
 
 def test_torch_backend_is_the_fast_path() -> None:
