@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mmoe import MoELayer
+from mmoe.kernels import cpu_dispatch, reference
 
 SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero")
 
@@ -32,7 +33,12 @@ def forbid_host_sync():
 
 @pytest.mark.parametrize("router", ["softmax", "sigmoid", "expert_choice", "soft", "sample", "beam", "nested"])
 @pytest.mark.parametrize("capacity_factor", [None, 0.8])
-def test_forward_and_backward_do_not_sync(router: str, capacity_factor: float | None) -> None:
+def test_forward_and_backward_do_not_sync(router: str, capacity_factor: float | None,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # The torch backend's expert MLP reads the live-pair count on the host for CPU tensors only (free
+    # there: kernels/cpu_dispatch.py); a GPU tensor takes the reference's MLP. Checked here is the path a
+    # GPU tensor takes: the same routing, capacity and dispatch, with the reference MLP.
+    monkeypatch.setattr(cpu_dispatch, "expert_mlp", reference.expert_mlp)
     options = {"groups": 2} if router == "nested" else {}
     layer = MoELayer(16, 16, 6, 2, router=router, router_options=options, capacity_factor=capacity_factor,
                      num_modalities=2, num_shared_experts=1, validate_inputs=False, backend="torch")
@@ -47,3 +53,11 @@ def test_forward_and_backward_do_not_sync(router: str, capacity_factor: float | 
 def test_trap_catches_a_sync() -> None:
     with forbid_host_sync(), pytest.raises(AssertionError, match="host sync"):
         torch.ones(2).sum().item()
+
+
+def test_the_cpu_fast_path_is_taken_by_cpu_tensors_only() -> None:
+    """What the test above leaves out: cpu_dispatch's own MLP (host reads) serves CPU tensors only."""
+    import inspect
+
+    source = inspect.getsource(cpu_dispatch.expert_mlp)
+    assert source.index('x.device.type != "cpu"') < source.index("int(expert_offsets")
