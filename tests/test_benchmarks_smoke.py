@@ -22,7 +22,8 @@ def run(args: list[str], env: dict | None = None) -> str:
 def test_moe_layer_benchmark_quick() -> None:
     out = run(["benchmarks/moe_layer.py", "--quick", "--repeats", "1"])
     rows = [line for line in out.splitlines() if line.startswith("| 256 ")]
-    assert len(rows) == 6  # 2 shapes x 3 methods
+    methods = [r.split("|")[6].strip() for r in rows]
+    assert methods == ["mmoe", "mmoe_reference", "naive_loop", "dense_equal_flops"] * 2  # 2 shapes x 4 methods
     speedups = [float(m) for m in re.findall(r"\| ([0-9.]+)x \|", out)]
     assert speedups and all(math.isfinite(s) and s > 0 for s in speedups)
 
