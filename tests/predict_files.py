@@ -55,7 +55,7 @@ def check_written(task: str, written: Path, folder: Path, names: list[str], mode
     assert not any(f.startswith(".partial-") for f in files), files  # nothing half-written
     inputs = {p.name.split(".")[0]: p for p in folder.iterdir() if not p.name.endswith(".txt") or task == "emotion"}
     if task == "restoration":
-        rows = list(csv.DictReader(open(written / "degradations.csv")))
+        rows = list(csv.DictReader((written / "degradations.csv").read_text().splitlines()))
         assert [r["name"] for r in rows] == sorted(names)
         for name in names:
             out = model.predict(str(inputs[name]))
@@ -65,7 +65,7 @@ def check_written(task: str, written: Path, folder: Path, names: list[str], mode
             row = next(r for r in rows if r["name"] == name)
             assert row["degradation"] == (out["degradation"] or "")
     elif task == "anomaly":
-        rows = list(csv.DictReader(open(written / "scores.csv")))
+        rows = list(csv.DictReader((written / "scores.csv").read_text().splitlines()))
         assert sorted(r["name"] for r in rows) == sorted(names)
         for name in names:
             out = model.predict(str(inputs[name]))
@@ -111,7 +111,7 @@ def check_written(task: str, written: Path, folder: Path, names: list[str], mode
     elif task == "tracking":
         for name in names:
             out = model.predict(str(folder / name), [20, 22, 16, 14])
-            rows = list(csv.DictReader(open(written / f"{name}.csv")))
+            rows = list(csv.DictReader((written / f"{name}.csv").read_text().splitlines()))
             assert [int(r["frame"]) for r in rows] == list(range(len(out["boxes"])))
             got = np.array([[float(r[k]) for k in "xywh"] for r in rows])
             np.testing.assert_allclose(got, out["boxes"], atol=0.006)

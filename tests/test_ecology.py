@@ -161,7 +161,7 @@ def test_logged_ecology_equals_the_formula(tmp_path: Path) -> None:
             assert f"routing_{split}/{name}/router_entropy" in logged
         # one (step, E, dead) point per training step for the routing figure
         assert [p[0] for p in monitor.ecology_history[name]] == [0, 1, 2]
-    assert list(Path(trainer.log_dir).glob("figures/routing_experts_x_layers_epoch000.png"))
+    assert list(Path(trainer.log_dir).glob("figures/routing_experts_x_layers_epoch000_step*.png"))
 
 
 @pytest.mark.parametrize("router", ["softmax", "sigmoid", "nested"])

@@ -9,12 +9,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from lightning.pytorch import Trainer  # noqa: E402
-from lightning.pytorch.loggers import CSVLogger  # noqa: E402
+import matplotlib.pyplot as plt
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import CSVLogger
 
-from mmoe.progress import predict_progress, train_description  # noqa: E402
-from mmoe.routing_monitor import save_figure  # noqa: E402
+from mmoe.progress import predict_progress, train_description
+from mmoe.routing_monitor import save_figure
 
 
 def test_training_bar_counts_the_recipe_steps() -> None:

@@ -55,7 +55,7 @@ class AnomalyWriter(PredictionWriter):
 
     def _row(self, name: str, slice_: str, score: float, threshold: Any, decision: Any, modality: str,
              pixel_threshold: Any, map_file: str, mask_file: str, map_max: Any) -> None:
-        fmt = lambda v: "" if v is None or v == "" else f"{float(v):.6g}"  # noqa: E731
+        fmt = lambda v: "" if v is None or v == "" else f"{float(v):.6g}"
         self.append_csv("scores.csv", {
             "name": name, "slice": slice_, "score": fmt(score), "threshold": fmt(threshold),
             "is_anomalous": "" if decision is None else str(bool(decision)).lower(), "modality": modality,
