@@ -160,6 +160,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
     widths = [max(len(t[i]) for t in table) for i in range(4)]
     for t in table:
         print("  ".join(c.ljust(w) for c, w in zip(t[:4], widths)) + "  " + t[4])
+    try:
+        source = zoo.base_url()
+        where = "MMOE_ZOO_URL" if os.environ.get("MMOE_ZOO_URL", "").strip() else "the weight files bundled with mmoe"
+    except zoo.ZooError as exc:
+        source, where = "none", str(exc)
+    print(f"weights from {source} ({where}); cache {cache}; manifest {zoo.manifest_path()}")
     return 0
 
 

@@ -314,7 +314,8 @@ def test_export_from_trainer_ckpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_cli_list_download_verify(env: Path, server: dict, capsys: pytest.CaptureFixture) -> None:
     publish(env, server)
     assert main(["list"]) == 0
-    assert "tiny" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "tiny" in listed and "weights from http://127.0.0.1" in listed and "(MMOE_ZOO_URL)" in listed
     assert main(["list", "--json", "--task", "toy"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["name"] == "tiny"
     assert main(["verify"]) == 0  # nothing cached yet
